@@ -1,0 +1,37 @@
+# cymqtt developer commands. Each target creates .venv when missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.cymqtt-deps
+
+.PHONY: run test bench build venv tools clean debug
+
+run: build
+	$(PY) -m cymqtt $(ARGS)
+
+test: build tools
+	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+
+bench: build tools
+	$(PY) -m pytest -q -p no:cacheprovider benchmarks/ --benchmark-only $(ARGS)
+
+venv: $(STAMP)
+
+$(STAMP): requirements-dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+	touch $(STAMP)
+
+# Incremental: Cython and gcc only rerun for changed sources.
+build: $(STAMP)
+	$(PY) setup.py -q build_ext --inplace -j 2
+
+debug: $(STAMP)
+	CYMQTT_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force -j 2
+
+tools:
+	./scripts/install-test-tools.sh
+
+clean:
+	rm -rf build src/*.egg-info src/cymqtt/_fast/*.c src/cymqtt/_fast/*.so src/cymqtt/_fast/*.html

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the outside tools the test suite and benchmarks talk to: mosquitto_pub/mosquitto_sub
+# (Debian's mosquitto-clients) and the mosquitto broker (the peer in benchmarks and interop tests).
+# Idempotent: does nothing when they are already there.
+set -euo pipefail
+need=()
+command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ] && ! command -v sudo >/dev/null; then
+    echo "cymqtt: tests need ${need[*]} (Debian packages); install them or run as root" >&2
+    exit 1
+  fi
+  SUDO=""; [ "$(id -u)" != 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi

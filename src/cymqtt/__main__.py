@@ -1,0 +1,3 @@
+from cymqtt.cli import main
+
+raise SystemExit(main())
