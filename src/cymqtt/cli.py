@@ -1,10 +1,103 @@
-"""The `cymqtt` command."""
+"""The `cymqtt` command: argv and config file -> Config -> Broker, until Ctrl-C or SIGTERM.
+
+Errors a user can cause (bad option, unreadable or invalid config, port in use) end in one line
+on stderr naming the cause and the fix, and exit code 2; never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+import signal
 import sys
+
+from cymqtt._version import __version__
+from cymqtt.config import Config, ConfigError, config_from_dict, load_config
+
+log = logging.getLogger("cymqtt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cymqtt", description="An MQTT 3.1 / 3.1.1 / 5.0 broker.",
+        epilog="Options given on the command line override the config file.")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, help="TCP port (default 1883; 0 picks a free one)")
+    p.add_argument("-c", "--config", metavar="FILE", help="TOML config file")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="logging level (default info)")
+    p.add_argument("--version", action="version", version=f"cymqtt {__version__}")
+    return p
+
+
+def make_config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config) if args.config else Config()
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
+                                   ("log_level", args.log_level)) if v is not None}
+    return config_from_dict(overrides, config) if overrides else config
+
+
+def _install_loop() -> str:
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+async def _serve(config: Config) -> None:
+    import cymqtt._fast  # noqa: F401  (one clear line when the build is missing)
+    from cymqtt.broker import Broker
+
+    broker = Broker(config)
+    await broker.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
+            pass
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        await broker.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cymqtt import __version__
-    import cymqtt._fast  # noqa: F401  (fails with one clear line when not built)
-
-    print(f"cymqtt {__version__}: the codec is built; the broker comes next.", file=sys.stderr)
+    args = build_parser().parse_args(argv)
+    try:
+        config = make_config(args)
+    except ConfigError as exc:
+        print(f"cymqtt: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    loop_name = _install_loop()
+    log.info("cymqtt %s starting (event loop: %s)", __version__, loop_name)
+    try:
+        asyncio.run(_serve(config))
+    except ImportError as exc:
+        print(f"cymqtt: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            print(f"cymqtt: port {config.port} on {config.host} is already in use; stop the "
+                  f"other server or choose another with --port", file=sys.stderr)
+        elif exc.errno in (errno.EACCES, errno.EPERM):
+            print(f"cymqtt: not allowed to listen on {config.host}:{config.port} "
+                  f"({exc.strerror}); use a port above 1023 or run with privileges",
+                  file=sys.stderr)
+        elif exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, OSError) and exc.errno in (
+                -2, -3, -5, -9):
+            print(f"cymqtt: cannot listen on {config.host}:{config.port} ({exc}); "
+                  f"check --host", file=sys.stderr)
+        else:
+            print(f"cymqtt: cannot start: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
     return 0

@@ -1,0 +1,138 @@
+"""Broker configuration: one frozen dataclass, loadable from a TOML file.
+
+Knows nothing of sockets. Every key of the TOML file is a field of `Config`, at the top level;
+unknown keys and wrong types are errors that name the key and what it takes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+__all__ = ["Config", "ConfigError", "load_config"]
+
+SHARED_STRATEGIES = ("round_robin", "random", "hash_clientid", "hash_topic", "sticky")
+
+
+class ConfigError(ValueError):
+    """A configuration a user wrote that cannot be used; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the broker can be told. All fields have the defaults `cymqtt` runs with.
+
+    :param host: address to listen on. 127.0.0.1 by default (as mosquitto 2 without a config);
+        use "0.0.0.0" to accept connections from other machines.
+    :param port: TCP port; 0 picks a free one (``Broker.port`` tells which).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    # Security limit: a packet larger than this is refused (0x95) before its body is buffered.
+    max_packet_size: int = 1024 * 1024
+    # Outbound flow control per session (narrowed by the client's MQTT 5 receive maximum).
+    max_inflight: int = 32
+    max_queued: int = 1000
+    queue_qos0: bool = False
+    # Inbound: QoS 2 messages a client may have awaiting PUBREL (MQTT 5 receive maximum).
+    receive_maximum: int = 32
+    # Seconds a new socket may take to send CONNECT before it is closed.
+    connect_timeout: float = 10.0
+    # Keep alive the broker imposes (MQTT 5 server keep alive); None keeps the client's.
+    server_keep_alive: int | None = None
+    # Session expiry for MQTT 3.x persistent sessions (clean session 0), seconds; None = never.
+    session_expiry_default: int | None = 7200
+    # Upper bound for MQTT 5 session expiry intervals a client asks for; None = no bound.
+    max_session_expiry: int | None = None
+    # A connection whose socket stays unwritable this long (seconds) is closed.
+    write_timeout: float = 30.0
+    # Empty client ids get an assigned one (MQTT 3.1.1 only with clean session 1).
+    allow_zero_length_client_id: bool = True
+    # $SYS/broker/... publish interval in seconds; 0 disables.
+    sys_interval: float = 10.0
+    retain_available: bool = True
+    wildcard_subscription_available: bool = True
+    subscription_identifier_available: bool = True
+    shared_subscription_available: bool = True
+    shared_subscription_strategy: str = "round_robin"
+    maximum_qos: int = 2
+    # Inbound topic aliases a client may use (MQTT 5 topic alias maximum); 0 disables.
+    topic_alias_maximum: int = 65535
+    log_level: str = "info"
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, key: str, what: str) -> None:
+            if not cond:
+                raise ConfigError(f"config key '{key}' must be {what}, not {getattr(self, key)!r}")
+
+        need(0 <= self.port <= 65535, "port", "a port number 0..65535")
+        need(2 <= self.max_packet_size <= 268435460, "max_packet_size", "2 .. 268435460")
+        need(1 <= self.max_inflight <= 65535, "max_inflight", "1 .. 65535")
+        need(0 <= self.max_queued, "max_queued", ">= 0")
+        need(1 <= self.receive_maximum <= 65535, "receive_maximum", "1 .. 65535")
+        need(self.connect_timeout > 0, "connect_timeout", "> 0")
+        need(self.server_keep_alive is None or 0 <= self.server_keep_alive <= 65535,
+             "server_keep_alive", "0 .. 65535 or absent")
+        need(self.session_expiry_default is None or self.session_expiry_default >= 0,
+             "session_expiry_default", ">= 0 or absent")
+        need(self.max_session_expiry is None or self.max_session_expiry >= 0,
+             "max_session_expiry", ">= 0 or absent")
+        need(self.write_timeout > 0, "write_timeout", "> 0")
+        need(self.sys_interval >= 0, "sys_interval", ">= 0")
+        need(self.shared_subscription_strategy in SHARED_STRATEGIES,
+             "shared_subscription_strategy", "one of " + ", ".join(SHARED_STRATEGIES))
+        need(self.maximum_qos in (0, 1, 2), "maximum_qos", "0, 1 or 2")
+        need(0 <= self.topic_alias_maximum <= 65535, "topic_alias_maximum", "0 .. 65535")
+        need(self.log_level.lower() in ("debug", "info", "warning", "error", "critical"),
+             "log_level", "debug, info, warning, error or critical")
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+_TYPES: dict[str, tuple[type, ...]] = {}
+for _f in fields(Config):
+    if _f.name == "extra":
+        continue
+    _t = str(_f.type)
+    if _t.startswith("int"):
+        _TYPES[_f.name] = (int,)
+    elif _t.startswith("float"):
+        _TYPES[_f.name] = (int, float)
+    elif _t == "bool":
+        _TYPES[_f.name] = (bool,)
+    else:
+        _TYPES[_f.name] = (str,)
+
+
+def config_from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
+    """A Config from parsed TOML (or any mapping); every key is checked."""
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _TYPES:
+            known = ", ".join(sorted(_TYPES))
+            raise ConfigError(f"unknown config key '{key}' (known keys: {known})")
+        types = _TYPES[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ConfigError(f"config key '{key}' must be {types[-1].__name__}, "
+                              f"not {type(value).__name__} {value!r}")
+        values[key] = value
+    return dataclasses.replace(base or Config(), **values)
+
+
+def load_config(path: str) -> Config:
+    """Read a TOML config file. Raises ConfigError (unreadable, not TOML, bad key or value)."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,199 @@
+"""Connection: the asyncio.Protocol adaptor for one client socket.
+
+Bytes in -> `FrameParser.feed` -> one handler call per packet (handlers.DISPATCH). Frames out go
+to `outbox`; the connection joins the broker's dirty list and one flush per loop iteration
+writes each dirty connection's frames with a single `transport.write` (uvloop's queued-writes
+idea, one level up). No MQTT rules live here beyond framing and closing.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from cymqtt._fast.codec import FrameParser, encode, encode_ack, ConnAck, Disconnect
+from cymqtt import handlers
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cymqtt.broker import Broker
+    from cymqtt.message import Message
+    from cymqtt.session import Session, Will
+
+log = logging.getLogger("cymqtt.connection")
+
+CONN_NEW = 0        # socket open, waiting for CONNECT
+CONN_ACTIVE = 1     # CONNACK sent
+CONN_CLOSING = 2    # closing; further input is ignored
+
+# MQTT 5 CONNACK reason codes -> MQTT 3.x CONNACK return codes (3.1.1 section 3.2.2.3).
+V3_CONNACK = {0x84: 0x01, 0x85: 0x02, 0x88: 0x03, 0x89: 0x03, 0x86: 0x04, 0x87: 0x05,
+              0x8C: 0x05, 0x9C: 0x03, 0x9D: 0x03, 0x8A: 0x05}
+
+_monotonic = time.monotonic
+_PUBREL = 6
+
+
+class Connection(asyncio.Protocol):
+    __slots__ = ("broker", "transport", "parser", "state", "session", "client_id", "version",
+                 "keepalive", "last_rx", "created", "outbox", "writable", "paused_since",
+                 "will", "peer", "max_packet_out", "aliases_in", "problem_info",
+                 "clean_exit", "receive_maximum")
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.transport: asyncio.Transport | None = None
+        self.parser = FrameParser(0, broker.config.max_packet_size)
+        self.state = CONN_NEW
+        self.session: Session | None = None
+        self.client_id: str | None = None
+        self.version = 4                  # until CONNECT says otherwise
+        self.keepalive = 0
+        self.last_rx = self.created = _monotonic()
+        self.outbox: list[bytes] = []
+        self.writable = True
+        self.paused_since = 0.0
+        self.will: Will | None = None
+        self.peer = "?"
+        self.max_packet_out = 0           # client's MQTT 5 maximum packet size; 0 = no limit
+        self.aliases_in: dict[int, str] | None = None
+        self.problem_info = True          # MQTT 5 request problem information
+        self.clean_exit = False           # DISCONNECT received: no will
+        self.receive_maximum = 65535      # the client's, for what we send it
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = f"{peer[0]}:{peer[1]}"
+        self.broker.on_connection_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == CONN_CLOSING:
+            return
+        self.last_rx = _monotonic()
+        stats = self.broker.stats
+        stats.bytes_received += len(data)
+        packets = self.parser.feed(data)
+        dispatch = handlers.DISPATCH
+        for pkt in packets:
+            try:
+                dispatch[pkt.type](self, pkt)
+            except handlers.ProtocolViolation as exc:
+                self.fail(exc.reason_code, str(exc))
+            except Exception:
+                log.exception("client %s (%s): error while handling %s; closing its connection",
+                              self.client_id, self.peer, pkt.name)
+                self.fail(0x83, "internal error")
+            if self.state == CONN_CLOSING:
+                return
+        err = self.parser.error
+        if err is not None:
+            self.fail(err.reason_code, str(err))
+
+    def pause_writing(self) -> None:
+        self.writable = False
+        self.paused_since = _monotonic()
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        if self.session is not None:
+            self.session.release(_monotonic())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = CONN_CLOSING
+        self.outbox.clear()
+        self.broker.on_connection_lost(self)
+
+    # -- output --------------------------------------------------------------------------------
+
+    def send(self, frame: bytes) -> None:
+        """Queue one frame; it is written with the rest of this loop iteration's frames."""
+        if self.state == CONN_CLOSING:
+            return
+        outbox = self.outbox
+        outbox.append(frame)
+        if len(outbox) == 1:
+            self.broker.mark_dirty(self)
+
+    def flush(self) -> int:
+        outbox = self.outbox
+        if not outbox or self.transport is None:
+            return 0
+        data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+        outbox.clear()
+        self.transport.write(data)
+        return len(data)
+
+    def send_publish(self, msg: Message, qos: int, retain: bool, packet_id: int, dup: bool,
+                     sub_ids: list | None, now: float) -> None:
+        frame = msg.frame(self.version, qos, retain, packet_id, dup, sub_ids, now)
+        if self.max_packet_out and len(frame) > self.max_packet_out:
+            # Too large for this client [MQTT-3.1.2-25]: dropped as if it had been delivered.
+            self.broker.stats.dropped_too_large += 1
+            if packet_id and self.session is not None:
+                self.session.ack(4 if qos == 1 else 5, packet_id, now)
+                if qos == 2:
+                    self.session.ack(7, packet_id, now)
+            return
+        self.broker.stats.messages_sent += 1
+        self.send(frame)
+
+    def send_pubrel(self, packet_id: int) -> None:
+        self.send(encode_ack(_PUBREL, packet_id, 0, None, self.version))
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def fail(self, reason_code: int, text: str) -> None:
+        """Close because of bad input or a broken rule: tell the client why when the protocol
+        has a way (CONNACK before the session exists, MQTT 5 DISCONNECT after)."""
+        if self.state == CONN_CLOSING:
+            return
+        log.info("client %s (%s): %s (reason 0x%02X); closing", self.client_id or "<new>",
+                 self.peer, text, reason_code)
+        version = self.parser.version or self.version
+        if self.state == CONN_NEW:
+            if version == 5:
+                props = {0x1F: text[:200]} if self.problem_info else None
+                self.send(encode(ConnAck(False, reason_code, props), 5))
+            elif reason_code in V3_CONNACK and self.parser.version:
+                self.send(encode(ConnAck(False, V3_CONNACK[reason_code]), 4))
+        elif version == 5:
+            props = {0x1F: text[:200]} if self.problem_info else None
+            self.send(encode(Disconnect(reason_code, props), 5))
+        self.close()
+
+    def disconnect(self, reason_code: int, text: str | None = None) -> None:
+        """Close on the broker's initiative (takeover, keep alive, shutdown); MQTT 5 clients get
+        a DISCONNECT with `reason_code` first. The will is published (unless clean_exit)."""
+        if self.state == CONN_CLOSING:
+            return
+        if self.version == 5 and self.state == CONN_ACTIVE:
+            props = {0x1F: text} if text and self.problem_info else None
+            self.send(encode(Disconnect(reason_code, props), 5))
+        self.close()
+
+    def close(self) -> None:
+        """Flush what is queued, then close the socket; connection_lost finishes the job."""
+        if self.state == CONN_CLOSING:
+            return
+        t = self.transport
+        if t is None:
+            self.state = CONN_CLOSING
+            return
+        try:
+            self.flush()
+        finally:
+            self.state = CONN_CLOSING
+            t.close()
+
+    def abort(self) -> None:
+        self.state = CONN_CLOSING
+        self.outbox.clear()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.client_id!r} {self.peer} state={self.state}>"

@@ -1,0 +1,373 @@
+"""The MQTT rules, one handler per packet type (mosquitto's handle_*.c, in Python).
+
+Each handler takes the connection and the decoded packet. It reaches the connection only through
+its narrow interface (send, send_publish, fail, disconnect, close and a few attributes) and the
+rest of the broker through `conn.broker`. A handler that finds a rule broken raises
+`ProtocolViolation(reason_code, text)`; the connection sends the reason and closes.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import TYPE_CHECKING
+
+from cymqtt._fast.codec import (
+    ConnAck, SubAck, encode, encode_ack,
+)
+from cymqtt._fast.consts import PacketType
+from cymqtt.message import Message
+from cymqtt.router import split_shared
+from cymqtt.session import NEVER, Session, Subscription, Will
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cymqtt.connection import Connection
+
+log = logging.getLogger("cymqtt.handlers")
+
+CONN_NEW, CONN_ACTIVE = 0, 1
+
+# Property identifiers used here.
+P_PAYLOAD_FORMAT = 0x01
+P_MESSAGE_EXPIRY = 0x02
+P_SUBSCRIPTION_ID = 0x0B
+P_SESSION_EXPIRY = 0x11
+P_ASSIGNED_CLIENT_ID = 0x12
+P_SERVER_KEEP_ALIVE = 0x13
+P_AUTH_METHOD = 0x15
+P_REQUEST_PROBLEM_INFO = 0x17
+P_WILL_DELAY = 0x18
+P_REASON_STRING = 0x1F
+P_RECEIVE_MAXIMUM = 0x21
+P_TOPIC_ALIAS_MAXIMUM = 0x22
+P_TOPIC_ALIAS = 0x23
+P_MAXIMUM_QOS = 0x24
+P_RETAIN_AVAILABLE = 0x25
+P_MAXIMUM_PACKET_SIZE = 0x27
+P_WILDCARD_AVAILABLE = 0x28
+P_SUB_ID_AVAILABLE = 0x29
+P_SHARED_AVAILABLE = 0x2A
+
+PUBACK, PUBREC, PUBREL, PUBCOMP = 4, 5, 6, 7
+SUBACK, UNSUBACK, PINGRESP = 9, 11, b"\xd0\x00"
+
+
+class ProtocolViolation(Exception):
+    """A client broke a rule; `reason_code` is the MQTT 5 code to send before closing."""
+
+    def __init__(self, reason_code: int, text: str) -> None:
+        super().__init__(text)
+        self.reason_code = reason_code
+
+
+# -- CONNECT ------------------------------------------------------------------------------------
+
+def handle_connect(conn: Connection, pkt) -> None:
+    if conn.state != CONN_NEW:
+        raise ProtocolViolation(0x82, "second CONNECT on a connection [MQTT-3.1.0-2]")
+    broker = conn.broker
+    config = broker.config
+    now = broker.now()
+    version = pkt.version
+    conn.version = version
+    props = pkt.properties or {}
+    if version == 5:
+        conn.problem_info = bool(props.get(P_REQUEST_PROBLEM_INFO, 1))
+        conn.receive_maximum = props.get(P_RECEIVE_MAXIMUM, 65535)
+        conn.max_packet_out = props.get(P_MAXIMUM_PACKET_SIZE, 0)
+        if P_AUTH_METHOD in props:
+            raise ProtocolViolation(0x8C, f"authentication method {props[P_AUTH_METHOD]!r} "
+                                          "is not supported")
+
+    client_id = pkt.client_id
+    assigned = None
+    if not client_id:
+        if not config.allow_zero_length_client_id or version == 3 or (
+                version == 4 and not pkt.clean_start):
+            raise ProtocolViolation(0x85, "empty client identifier not allowed here "
+                                          "[MQTT-3.1.3-8]")
+        client_id = assigned = "auto-" + uuid.uuid4().hex
+    elif version == 3 and len(client_id) > 23:
+        raise ProtocolViolation(0x85, "MQTT 3.1 client identifiers are 1..23 characters")
+    conn.client_id = client_id
+
+    # Session expiry: MQTT 5 from the property; 3.x from clean session and the config default.
+    if version == 5:
+        expiry = props.get(P_SESSION_EXPIRY, 0)
+        if config.max_session_expiry is not None and expiry > config.max_session_expiry:
+            expiry = config.max_session_expiry
+    elif pkt.clean_start:
+        expiry = 0
+    else:
+        d = config.session_expiry_default
+        expiry = NEVER if d is None else d
+
+    registry = broker.sessions
+    session = registry.get(client_id)
+    if session is not None and session.conn is not None:
+        old = session.conn
+        log.info("client %s: taken over by a new connection from %s", client_id, conn.peer)
+        broker.process_will(old, now, session_ending=bool(pkt.clean_start))
+        old.clean_exit = True
+        session.conn = None
+        old.session = None
+        old.disconnect(0x8E, "session taken over")
+    session_present = False
+    if session is not None and not pkt.clean_start:
+        session_present = True
+        broker.cancel_will(client_id)
+    else:
+        if session is not None:
+            broker.end_session(session, now)
+        session = Session(client_id, config)
+        registry[client_id] = session
+    broker.offline.pop(client_id, None)
+    session.expiry_interval = expiry
+    session.expires_at = None
+    session.version = version
+    session.conn = conn
+    conn.session = session
+    if session.window is not None:
+        session.window.receive_maximum = conn.receive_maximum
+    if version == 5 and conn.receive_maximum != 65535 and session.window is None:
+        session._window().receive_maximum = conn.receive_maximum
+
+    if pkt.will_topic is not None:
+        conn.will = _make_will(conn, pkt, now)
+
+    keepalive = pkt.keepalive
+    if config.server_keep_alive is not None:
+        keepalive = config.server_keep_alive
+    conn.keepalive = keepalive
+
+    ack_props = None
+    if version == 5:
+        ack_props = {
+            P_RECEIVE_MAXIMUM: config.receive_maximum,
+            P_TOPIC_ALIAS_MAXIMUM: config.topic_alias_maximum,
+            P_MAXIMUM_PACKET_SIZE: config.max_packet_size,
+        }
+        if not config.retain_available:
+            ack_props[P_RETAIN_AVAILABLE] = 0
+        if config.maximum_qos < 2:
+            ack_props[P_MAXIMUM_QOS] = config.maximum_qos
+        if not config.wildcard_subscription_available:
+            ack_props[P_WILDCARD_AVAILABLE] = 0
+        if not config.subscription_identifier_available:
+            ack_props[P_SUB_ID_AVAILABLE] = 0
+        if not config.shared_subscription_available:
+            ack_props[P_SHARED_AVAILABLE] = 0
+        if assigned:
+            ack_props[P_ASSIGNED_CLIENT_ID] = assigned
+        if config.server_keep_alive is not None:
+            ack_props[P_SERVER_KEEP_ALIVE] = config.server_keep_alive
+        if expiry != props.get(P_SESSION_EXPIRY, 0):
+            ack_props[P_SESSION_EXPIRY] = expiry
+    conn.send(encode(ConnAck(session_present, 0, ack_props), version))
+    conn.state = CONN_ACTIVE
+    broker.on_client_connected(conn)
+    if session_present:
+        session.resume(now)
+
+
+def _make_will(conn: Connection, pkt, now: float) -> Will:
+    wprops = pkt.will_properties
+    delay = 0
+    if wprops:
+        delay = wprops.get(P_WILL_DELAY, 0)
+        wprops = {k: v for k, v in wprops.items() if k != P_WILL_DELAY} or None
+    # Its message expiry (if any) starts to run when the will is published.
+    msg = Message(pkt.will_topic, pkt.will_payload or b"", pkt.will_qos, pkt.will_retain,
+                  wprops, None, conn.client_id)
+    return Will(msg, delay)
+
+
+# -- PUBLISH and its acknowledgements -----------------------------------------------------------
+
+def handle_publish(conn: Connection, pkt) -> None:
+    if conn.state != CONN_ACTIVE:
+        raise ProtocolViolation(0x82, "PUBLISH before CONNECT")
+    broker = conn.broker
+    qos = pkt.qos
+    topic = pkt.topic
+    props = pkt.properties
+    if props is not None:
+        if P_SUBSCRIPTION_ID in props:
+            raise ProtocolViolation(0x82, "PUBLISH from a client carries a subscription "
+                                          "identifier [MQTT-3.3.4-6]")
+        alias = props.get(P_TOPIC_ALIAS)
+        if alias is not None:
+            topic = _resolve_alias(conn, alias, topic)
+            pkt.topic = topic
+    if qos > broker.config.maximum_qos:
+        raise ProtocolViolation(0x9B, f"QoS {qos} exceeds the maximum QoS "
+                                      f"{broker.config.maximum_qos} [MQTT-3.2.2-11]")
+    if pkt.retain and not broker.config.retain_available:
+        raise ProtocolViolation(0x9A, "retain is not available [MQTT-3.2.2-14]")
+    broker.stats.messages_received += 1
+    if topic[0] == "$":
+        # Clients cannot publish to $-topics ($SYS belongs to the broker).
+        log.debug("client %s: PUBLISH to %r refused ($-topic)", conn.client_id, topic)
+        if qos == 1:
+            conn.send(encode_ack(PUBACK, pkt.packet_id, 0x87, None, conn.version))
+        elif qos == 2:
+            conn.send(encode_ack(PUBREC, pkt.packet_id, 0x87, None, conn.version))
+        return
+    if qos == 0:
+        broker.route(Message.from_publish(pkt, conn.client_id, broker.now()))
+    elif qos == 1:
+        n = broker.route(Message.from_publish(pkt, conn.client_id, broker.now()))
+        conn.send(encode_ack(PUBACK, pkt.packet_id, 0 if n or conn.version < 5 else 0x10,
+                             None, conn.version))
+    else:
+        inbound = conn.session.inbound_qos2(broker.config.receive_maximum
+                                            if conn.version == 5 else 65535)
+        r = inbound.receive(pkt.packet_id)
+        if r < 0:
+            raise ProtocolViolation(0x93, "more QoS 2 messages in flight than the receive "
+                                          "maximum allows [MQTT-3.3.4-9]")
+        if r:
+            broker.route(Message.from_publish(pkt, conn.client_id, broker.now()))
+        conn.send(encode_ack(PUBREC, pkt.packet_id, 0, None, conn.version))
+
+
+def _resolve_alias(conn: Connection, alias: int, topic: str) -> str:
+    maximum = conn.broker.config.topic_alias_maximum
+    if alias == 0 or alias > maximum:
+        raise ProtocolViolation(0x94, f"topic alias {alias} is outside 1..{maximum} "
+                                      "[MQTT-3.3.2-9]")
+    aliases = conn.aliases_in
+    if topic:
+        if aliases is None:
+            aliases = conn.aliases_in = {}
+        aliases[alias] = topic
+        return topic
+    if aliases is None or alias not in aliases:
+        raise ProtocolViolation(0x82, f"topic alias {alias} used before it was set")
+    return aliases[alias]
+
+
+def handle_ack(conn: Connection, pkt) -> None:
+    """PUBACK, PUBREC and PUBCOMP for messages we sent; PUBREL for a QoS 2 message we got."""
+    if conn.state != CONN_ACTIVE:
+        raise ProtocolViolation(0x82, f"{pkt.name} before CONNECT")
+    t = pkt.type
+    session = conn.session
+    now = conn.broker.now()
+    if t == PUBREL:
+        found = session.inbound is not None and session.inbound.release(pkt.packet_id)
+        conn.send(encode_ack(PUBCOMP, pkt.packet_id, 0 if found else 0x92, None, conn.version))
+    elif t == PUBREC:
+        if pkt.reason_code >= 0x80:
+            # The client refused the message: the QoS 2 flow ends here [MQTT-4.3.3-4].
+            session.ack(PUBREC, pkt.packet_id, now)
+            session.ack(PUBCOMP, pkt.packet_id, now)
+            return
+        found = session.ack(PUBREC, pkt.packet_id, now)
+        conn.send(encode_ack(PUBREL, pkt.packet_id, 0 if found else 0x92, None, conn.version))
+    else:
+        session.ack(t, pkt.packet_id, now)
+
+
+# -- SUBSCRIBE / UNSUBSCRIBE --------------------------------------------------------------------
+
+def handle_subscribe(conn: Connection, pkt) -> None:
+    if conn.state != CONN_ACTIVE:
+        raise ProtocolViolation(0x82, "SUBSCRIBE before CONNECT")
+    broker = conn.broker
+    config = broker.config
+    session = conn.session
+    now = broker.now()
+    sub_id = None
+    if pkt.properties and P_SUBSCRIPTION_ID in pkt.properties:
+        if not config.subscription_identifier_available:
+            raise ProtocolViolation(0xA1, "subscription identifiers are not supported")
+        sub_id = pkt.properties[P_SUBSCRIPTION_ID][0]
+    codes = []
+    retained: list = []
+    for full_filter, options in pkt.topics:
+        group, topic_filter = split_shared(full_filter)
+        if group is not None and not config.shared_subscription_available:
+            codes.append(0x9E)
+            continue
+        if not config.wildcard_subscription_available and ("+" in topic_filter
+                                                           or "#" in topic_filter):
+            codes.append(0xA2)
+            continue
+        qos = min(options & 3, config.maximum_qos)
+        options = (options & ~3) | qos
+        sub = Subscription(session, full_filter, topic_filter, group, options, sub_id)
+        existed = full_filter in session.subscriptions
+        session.subscriptions[full_filter] = sub
+        broker.router.subscribe(sub)
+        codes.append(qos)
+        if group is None and config.retain_available and (
+                sub.retain_handling == 0 or (sub.retain_handling == 1 and not existed)):
+            retained.append(sub)
+    conn.send(encode(SubAck(SUBACK, pkt.packet_id, codes), conn.version))
+    for sub in retained:
+        ids = [sub.sub_id] if sub.sub_id else None
+        for msg in broker.router.retained.match(sub.topic_filter, now):
+            session.deliver(msg, min(msg.qos, sub.qos), True, ids, now)
+
+
+def handle_unsubscribe(conn: Connection, pkt) -> None:
+    if conn.state != CONN_ACTIVE:
+        raise ProtocolViolation(0x82, "UNSUBSCRIBE before CONNECT")
+    session = conn.session
+    router = conn.broker.router
+    codes = []
+    for full_filter in pkt.topics:
+        sub = session.subscriptions.pop(full_filter, None)
+        if sub is None:
+            codes.append(0x11)
+        else:
+            router.unsubscribe(sub)
+            codes.append(0)
+    conn.send(encode(SubAck(UNSUBACK, pkt.packet_id, codes), conn.version))
+
+
+# -- the rest -----------------------------------------------------------------------------------
+
+def handle_pingreq(conn: Connection, pkt) -> None:
+    if conn.state != CONN_ACTIVE:
+        raise ProtocolViolation(0x82, "PINGREQ before CONNECT")
+    conn.send(PINGRESP)
+
+
+def handle_disconnect(conn: Connection, pkt) -> None:
+    if conn.state != CONN_ACTIVE:
+        conn.close()
+        return
+    session = conn.session
+    if pkt.properties and P_SESSION_EXPIRY in pkt.properties:
+        new = pkt.properties[P_SESSION_EXPIRY]
+        if session.expiry_interval == 0 and new != 0:
+            raise ProtocolViolation(0x82, "DISCONNECT sets a session expiry after CONNECT "
+                                          "said 0 [MQTT-3.14.2-2]")
+        session.expiry_interval = new
+    # Reason 0x04: disconnect with will message; anything else discards the will.
+    conn.clean_exit = pkt.reason_code != 0x04
+    conn.close()
+
+
+def handle_auth(conn: Connection, pkt) -> None:
+    raise ProtocolViolation(0x82, "AUTH without an authentication method in CONNECT")
+
+
+def handle_unexpected(conn: Connection, pkt) -> None:
+    raise ProtocolViolation(0x82, f"a client must not send {pkt.name}")
+
+
+DISPATCH = [handle_unexpected] * 16
+DISPATCH[PacketType.CONNECT] = handle_connect
+DISPATCH[PacketType.PUBLISH] = handle_publish
+DISPATCH[PacketType.PUBACK] = handle_ack
+DISPATCH[PacketType.PUBREC] = handle_ack
+DISPATCH[PacketType.PUBREL] = handle_ack
+DISPATCH[PacketType.PUBCOMP] = handle_ack
+DISPATCH[PacketType.SUBSCRIBE] = handle_subscribe
+DISPATCH[PacketType.UNSUBSCRIBE] = handle_unsubscribe
+DISPATCH[PacketType.PINGREQ] = handle_pingreq
+DISPATCH[PacketType.DISCONNECT] = handle_disconnect
+DISPATCH[PacketType.AUTH] = handle_auth
+DISPATCH = tuple(DISPATCH)

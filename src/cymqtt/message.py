@@ -1,0 +1,86 @@
+"""An application message as the broker holds it: stored once, referenced by every queue.
+
+A message is encoded once per variant (protocol family, QoS, retain flag) and the frame is shared
+by every subscriber of that variant; QoS 1/2 subscribers get a copy with their own packet id
+(`publish_with_id`). Subscription identifiers and a changed message expiry make per-subscriber
+frames, which are built on demand and not cached.
+"""
+from __future__ import annotations
+
+import math
+
+from cymqtt._fast.codec import encode_publish, publish_with_id
+
+# MQTT 5 properties a PUBLISH carries through the broker (topic alias and subscription
+# identifiers are per connection / per subscription and never forwarded as received).
+P_PAYLOAD_FORMAT = 0x01
+P_MESSAGE_EXPIRY = 0x02
+P_SUBSCRIPTION_ID = 0x0B
+P_TOPIC_ALIAS = 0x23
+_NOT_FORWARDED = (P_TOPIC_ALIAS, P_SUBSCRIPTION_ID)
+
+
+class Message:
+    """One published message. `expires_at` is on the loop clock, None when it never expires."""
+
+    __slots__ = ("topic", "payload", "qos", "retain", "properties", "expires_at", "sender",
+                 "_frames")
+
+    def __init__(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
+                 properties: dict | None = None, expires_at: float | None = None,
+                 sender: str | None = None) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.properties = properties      # forwarded MQTT 5 properties, or None
+        self.expires_at = expires_at
+        self.sender = sender              # client id of the publisher (no local), or None
+        self._frames: dict | None = None
+
+    @classmethod
+    def from_publish(cls, pkt, sender: str | None, now: float) -> Message:
+        props = pkt.properties
+        expires_at = None
+        if props:
+            props = {k: v for k, v in props.items() if k not in _NOT_FORWARDED} or None
+            if props and P_MESSAGE_EXPIRY in props:
+                expires_at = now + props[P_MESSAGE_EXPIRY]
+        return cls(pkt.topic, pkt.payload, pkt.qos, pkt.retain, props, expires_at, sender)
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+    def frame(self, version: int, qos: int, retain: bool, packet_id: int = 0, dup: bool = False,
+              sub_ids: list | None = None, now: float = 0.0) -> bytes:
+        """This message as a PUBLISH for one subscriber."""
+        v5 = version == 5
+        if sub_ids or (v5 and self.expires_at is not None):
+            return encode_publish(self.topic, self.payload, qos, retain, dup, packet_id or 1,
+                                  self._props_for(sub_ids, now), 5) if qos else \
+                encode_publish(self.topic, self.payload, 0, retain, False, 0,
+                               self._props_for(sub_ids, now), 5)
+        key = (v5, qos, retain)
+        frames = self._frames
+        if frames is None:
+            frames = self._frames = {}
+        frame = frames.get(key)
+        if frame is None:
+            frame = encode_publish(self.topic, self.payload, qos, retain, False, 1 if qos else 0,
+                                   self.properties if v5 else None, 5 if v5 else 4)
+            frames[key] = frame
+        if qos and (packet_id != 1 or dup):
+            return publish_with_id(frame, packet_id, dup)
+        return frame
+
+    def _props_for(self, sub_ids: list | None, now: float) -> dict | None:
+        props = dict(self.properties) if self.properties else {}
+        if self.expires_at is not None:
+            props[P_MESSAGE_EXPIRY] = max(0, math.ceil(self.expires_at - now))
+        if sub_ids:
+            props[P_SUBSCRIPTION_ID] = sub_ids
+        return props or None
+
+    def __repr__(self) -> str:
+        return (f"Message({self.topic!r}, {self.payload[:32]!r}, qos={self.qos}, "
+                f"retain={self.retain})")

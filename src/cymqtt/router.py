@@ -1,0 +1,151 @@
+"""Router: publish -> topic trie -> sessions; shared subscription picks; retained messages.
+
+Knows sessions, never connections. The trie (compiled) holds one `Subscription` per
+(filter, key): key is the client id, or (group, client id) for a shared subscription.
+"""
+from __future__ import annotations
+
+import random
+import zlib
+from typing import TYPE_CHECKING
+
+from cymqtt._fast.topics import TopicTrie
+from cymqtt.retain import MemoryRetainStore, RetainStore
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cymqtt.message import Message
+    from cymqtt.session import Session, Subscription
+
+
+def split_shared(full_filter: str) -> tuple[str | None, str]:
+    """("group", "filter") for $share/group/filter, (group "$queue", filter) for $queue/filter,
+    (None, filter) otherwise."""
+    if full_filter.startswith("$share/"):
+        group, _, topic_filter = full_filter[7:].partition("/")
+        return group, topic_filter
+    if full_filter.startswith("$queue/"):
+        return "$queue", full_filter[7:]
+    return None, full_filter
+
+
+class Router:
+    """Delivery of published messages to matching sessions."""
+
+    def __init__(self, strategy: str = "round_robin", retained: RetainStore | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.trie = TopicTrie()
+        self.retained = retained if retained is not None else MemoryRetainStore()
+        self.strategy = strategy
+        self._rr: dict[tuple[str, str], int] = {}
+        self._sticky: dict[tuple[str, str], str] = {}
+        self._rng = rng or random.Random()
+
+    # -- subscriptions -------------------------------------------------------------------------
+
+    def subscribe(self, sub: Subscription) -> bool:
+        """Add or replace; True when the subscription is new."""
+        key = sub.session.client_id if sub.group is None else (sub.group, sub.session.client_id)
+        return self.trie.subscribe(sub.topic_filter, key, sub)
+
+    def unsubscribe(self, sub: Subscription) -> bool:
+        key = sub.session.client_id if sub.group is None else (sub.group, sub.session.client_id)
+        return self.trie.unsubscribe(sub.topic_filter, key)
+
+    def remove_session(self, session: Session) -> None:
+        for sub in session.subscriptions.values():
+            self.unsubscribe(sub)
+        session.subscriptions.clear()
+
+    @property
+    def subscription_count(self) -> int:
+        return len(self.trie)
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def publish(self, msg: Message, now: float) -> int:
+        """Deliver `msg` to every matching session; returns the number of deliveries."""
+        subs = self.trie.match(msg.topic)
+        if not subs:
+            return 0
+        if len(subs) == 1:
+            sub = subs[0]
+            if sub.group is not None:
+                return self._deliver_shared({(sub.group, sub.topic_filter): subs}, msg, now)
+            if sub.no_local and sub.session.client_id == msg.sender:
+                return 0
+            qos = sub.qos if sub.qos < msg.qos else msg.qos
+            retain = msg.retain and sub.retain_as_published
+            ids = [sub.sub_id] if sub.sub_id else None
+            return 1 if sub.session.deliver(msg, qos, retain, ids, now) else 0
+        # Several matches: one delivery per session at the highest QoS of its matching
+        # subscriptions, carrying all their identifiers [MQTT-3.3.4-2, MQTT-3.3.4-3].
+        per_session: dict = {}
+        shared: dict | None = None
+        sender = msg.sender
+        for sub in subs:
+            if sub.group is not None:
+                if shared is None:
+                    shared = {}
+                shared.setdefault((sub.group, sub.topic_filter), []).append(sub)
+                continue
+            session = sub.session
+            if sub.no_local and session.client_id == sender:
+                continue
+            entry = per_session.get(session)
+            if entry is None:
+                per_session[session] = [sub.qos, sub.retain_as_published,
+                                        [sub.sub_id] if sub.sub_id else None]
+            else:
+                if sub.qos > entry[0]:
+                    entry[0] = sub.qos
+                entry[1] = entry[1] or sub.retain_as_published
+                if sub.sub_id:
+                    if entry[2] is None:
+                        entry[2] = [sub.sub_id]
+                    else:
+                        entry[2].append(sub.sub_id)
+        n = 0
+        mq = msg.qos
+        for session, (qos, rap, ids) in per_session.items():
+            if session.deliver(msg, qos if qos < mq else mq, msg.retain and rap, ids, now):
+                n += 1
+        if shared:
+            n += self._deliver_shared(shared, msg, now)
+        return n
+
+    def _deliver_shared(self, groups: dict, msg: Message, now: float) -> int:
+        n = 0
+        for key, members in groups.items():
+            sub = self.pick(key, members, msg)
+            if sub is not None:
+                qos = sub.qos if sub.qos < msg.qos else msg.qos
+                ids = [sub.sub_id] if sub.sub_id else None
+                if sub.session.deliver(msg, qos, False, ids, now):
+                    n += 1
+        return n
+
+    def pick(self, key: tuple[str, str], members: list, msg: Message) -> Subscription | None:
+        """One member of a shared group for `msg`, preferring members that are connected."""
+        online = [s for s in members if s.session.conn is not None] or members
+        if len(online) == 1:
+            return online[0]
+        online.sort(key=lambda s: s.session.client_id)
+        strategy = self.strategy
+        if strategy == "round_robin":
+            i = self._rr.get(key, -1) + 1
+            self._rr[key] = i
+            return online[i % len(online)]
+        if strategy == "random":
+            return self._rng.choice(online)
+        if strategy == "hash_clientid":
+            return online[zlib.crc32((msg.sender or "").encode()) % len(online)]
+        if strategy == "hash_topic":
+            return online[zlib.crc32(msg.topic.encode()) % len(online)]
+        # sticky: keep the member picked last while it stays connected
+        chosen = self._sticky.get(key)
+        for s in online:
+            if s.session.client_id == chosen:
+                return s
+        s = self._rng.choice(online)
+        self._sticky[key] = s.session.client_id
+        return s

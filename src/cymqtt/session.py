@@ -1,0 +1,150 @@
+"""Session: the per-client state that outlives a connection (EMQ's session/channel split).
+
+Subscriptions, the outbound QoS window and its queue, inbound QoS 2 ids awaiting PUBREL, the
+will, and expiry. A session knows nothing of sockets: while a client is attached, `conn` is its
+Connection, reached only through `send_publish`, `send_pubrel` and `writable`.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cymqtt._fast.inflight import AWAIT_PUBCOMP, InboundQoS2, OutboundWindow
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cymqtt.message import Message
+
+NEVER = 0xFFFFFFFF
+
+
+class Subscription:
+    """One subscription of one session. `options` is the SUBSCRIBE options byte."""
+
+    __slots__ = ("session", "topic_filter", "full_filter", "group", "qos", "no_local",
+                 "retain_as_published", "retain_handling", "sub_id")
+
+    def __init__(self, session: Session, full_filter: str, topic_filter: str,
+                 group: str | None, options: int, sub_id: int | None) -> None:
+        self.session = session
+        self.full_filter = full_filter        # as subscribed, $share/{group}/ included
+        self.topic_filter = topic_filter      # what the trie matches
+        self.group = group                    # shared subscription group, or None
+        self.qos = options & 3
+        self.no_local = bool(options & 4)
+        self.retain_as_published = bool(options & 8)
+        self.retain_handling = (options >> 4) & 3
+        self.sub_id = sub_id
+
+    def __repr__(self) -> str:
+        return f"Subscription({self.session.client_id!r}, {self.full_filter!r}, qos={self.qos})"
+
+
+class Will:
+    __slots__ = ("message", "delay")
+
+    def __init__(self, message: Message, delay: int) -> None:
+        self.message = message
+        self.delay = delay
+
+
+class Session:
+    __slots__ = ("client_id", "subscriptions", "window", "inbound", "conn", "expiry_interval",
+                 "expires_at", "version", "_config", "__weakref__")
+
+    def __init__(self, client_id: str, config) -> None:
+        self.client_id = client_id
+        self.subscriptions: dict[str, Subscription] = {}
+        self.window: OutboundWindow | None = None      # created on first QoS>0 delivery
+        self.inbound: InboundQoS2 | None = None        # created on first inbound QoS 2
+        self.conn = None                               # the attached Connection, or None
+        self.expiry_interval = 0                       # seconds after disconnect; NEVER = never
+        self.expires_at: float | None = None           # loop time, while offline
+        self.version = 4
+        self._config = config
+
+    # -- outbound ------------------------------------------------------------------------------
+
+    def _window(self) -> OutboundWindow:
+        w = self.window
+        if w is None:
+            c = self._config
+            w = self.window = OutboundWindow(c.max_inflight, c.max_queued, c.queue_qos0)
+        return w
+
+    def deliver(self, msg: Message, qos: int, retain: bool, sub_ids: list | None,
+                now: float) -> bool:
+        """Route `msg` to this session at `qos`: sent now, queued, or dropped (False)."""
+        conn = self.conn
+        if qos == 0 and conn is not None and conn.writable and (
+                self.window is None or not self.window.queued_count):
+            conn.send_publish(msg, 0, retain, 0, False, sub_ids, now)
+            return True
+        item = (msg, retain, sub_ids)
+        online = conn is not None and conn.writable
+        pid = self._window().submit(item, qos, online)
+        if pid >= 0:
+            conn.send_publish(msg, qos, retain, pid, False, sub_ids, now)
+            return True
+        return pid == -1
+
+    def release(self, now: float) -> None:
+        """Fill the window from the queue after acks (or when the socket drains again)."""
+        w = self.window
+        conn = self.conn
+        if w is None or conn is None or not w.queued_count:
+            return
+        for pid, qos, item in w.release():
+            msg, retain, sub_ids = item
+            if msg.expired(now):
+                if pid:
+                    w.puback(pid) if qos == 1 else (w.pubrec(pid), w.pubcomp(pid))
+                continue
+            conn.send_publish(msg, qos, retain, pid, False, sub_ids, now)
+            if not conn.writable:
+                break
+
+    def resume(self, now: float) -> None:
+        """A client re-attached: re-send everything unacknowledged (DUP), then the queue."""
+        w = self.window
+        conn = self.conn
+        if w is None or conn is None:
+            return
+        for pid, qos, state, item in w.resend():
+            msg, retain, sub_ids = item
+            if state == AWAIT_PUBCOMP:
+                conn.send_pubrel(pid)
+            else:
+                conn.send_publish(msg, qos, retain, pid, True, sub_ids, now)
+        self.release(now)
+
+    def ack(self, kind: int, pid: int, now: float) -> bool:
+        """PUBACK (4), PUBREC (5) or PUBCOMP (7) from the client; False if unknown."""
+        w = self.window
+        if w is None:
+            return False
+        if kind == 4:
+            ok = w.puback(pid)
+        elif kind == 5:
+            return w.pubrec(pid)
+        else:
+            ok = w.pubcomp(pid)
+        if ok and w.queued_count:
+            self.release(now)
+        return ok
+
+    @property
+    def dropped(self) -> int:
+        return 0 if self.window is None else self.window.dropped
+
+    @property
+    def queued(self) -> int:
+        return 0 if self.window is None else self.window.queued_count
+
+    # -- inbound QoS 2 -------------------------------------------------------------------------
+
+    def inbound_qos2(self, receive_maximum: int) -> InboundQoS2:
+        if self.inbound is None:
+            self.inbound = InboundQoS2(receive_maximum)
+        return self.inbound
+
+    def __repr__(self) -> str:
+        return f"Session({self.client_id!r}, online={self.conn is not None})"
