@@ -14,8 +14,9 @@ import time
 from typing import Any
 
 from cymqtt._version import __version__
+from cymqtt.auth import Authenticator, ScramSha256
 from cymqtt.config import Config
-from cymqtt.connection import CONN_ACTIVE, CONN_NEW, Connection
+from cymqtt.connection import CONN_ACTIVE, CONN_AUTH, CONN_NEW, Connection
 from cymqtt.message import P_MESSAGE_EXPIRY, Message
 from cymqtt.router import Router
 from cymqtt.session import NEVER, Session, Will
@@ -54,9 +55,17 @@ class Broker:
     context manager to get both.
     """
 
-    def __init__(self, config: Config | None = None, **overrides: Any) -> None:
+    def __init__(self, config: Config | None = None, *,
+                 authenticators: list[Authenticator] | None = None, **overrides: Any) -> None:
         self.config = (config or Config()).replace(**overrides) if overrides else (
             config or Config())
+        # MQTT 5 enhanced authentication, by method; SCRAM-SHA-256 for the configured users.
+        self.authenticators: dict[str, Authenticator] = {}
+        if self.config.users:
+            scram = ScramSha256(self.config.users)
+            self.authenticators[scram.method] = scram
+        for a in authenticators or ():
+            self.authenticators[a.method] = a
         self.stats = Stats()
         self.router = Router(self.config.shared_subscription_strategy)
         self.sessions: dict[str, Session] = {}
@@ -98,9 +107,14 @@ class Broker:
         if self._server is None:
             return
         self._server.close()
+        redirect = self.config.redirect_to
         for conn in list(self.connections):
             conn.clean_exit = True
-            conn.disconnect(0x8B, "server shutting down")
+            if redirect:
+                conn.disconnect(0x9D if self.config.redirect_permanent else 0x9C,
+                                "use another server", {0x1C: redirect})
+            else:
+                conn.disconnect(0x8B, "server shutting down")
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -252,7 +266,7 @@ class Broker:
         config = self.config
         for conn in list(self.connections):
             state = conn.state
-            if state == CONN_NEW:
+            if state == CONN_NEW or state == CONN_AUTH:
                 if now - conn.created > config.connect_timeout:
                     log.info("%s: no CONNECT within %.0f s; closing", conn.peer,
                              config.connect_timeout)

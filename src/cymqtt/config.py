@@ -10,7 +10,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["Config", "ConfigError", "load_config"]
+__all__ = ["Config", "ConfigError", "config_from_dict", "load_config"]
 
 SHARED_STRATEGIES = ("round_robin", "random", "hash_clientid", "hash_topic", "sticky")
 
@@ -60,6 +60,20 @@ class Config:
     maximum_qos: int = 2
     # Inbound topic aliases a client may use (MQTT 5 topic alias maximum); 0 disables.
     topic_alias_maximum: int = 65535
+    # MQTT 5 response information sent when a client requests it; "{client_id}" is replaced.
+    response_information: str | None = None
+    # Refuse MQTT 5 PUBLISHes whose payload format indicator says UTF-8 but whose payload is not
+    # (QoS 1/2: PUBACK/PUBREC 0x99; QoS 0: dropped).
+    validate_utf8_payload: bool = True
+    # Server redirection: send clients elsewhere (MQTT 5 CONNACK 0x9C, or 0x9D when permanent,
+    # with this server reference; MQTT 3.x: CONNACK 3, server unavailable).
+    redirect_to: str | None = None
+    redirect_permanent: bool = False
+    # Users for password authentication (CONNECT user name/password) and the built-in
+    # SCRAM-SHA-256 enhanced authentication: user name -> password.
+    users: dict[str, str] = field(default_factory=dict, repr=False)
+    # With users configured, whether clients without a user name may connect.
+    allow_anonymous: bool = True
     log_level: str = "info"
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -86,6 +100,8 @@ class Config:
              "shared_subscription_strategy", "one of " + ", ".join(SHARED_STRATEGIES))
         need(self.maximum_qos in (0, 1, 2), "maximum_qos", "0, 1 or 2")
         need(0 <= self.topic_alias_maximum <= 65535, "topic_alias_maximum", "0 .. 65535")
+        need(all(isinstance(k, str) and isinstance(v, str) for k, v in self.users.items()),
+             "users", "a table of user name = \"password\" strings")
         need(self.log_level.lower() in ("debug", "info", "warning", "error", "critical"),
              "log_level", "debug, info, warning, error or critical")
 
@@ -104,6 +120,8 @@ for _f in fields(Config):
         _TYPES[_f.name] = (int, float)
     elif _t == "bool":
         _TYPES[_f.name] = (bool,)
+    elif _t.startswith("dict"):
+        _TYPES[_f.name] = (dict,)
     else:
         _TYPES[_f.name] = (str,)
 

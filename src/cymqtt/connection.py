@@ -12,7 +12,9 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from cymqtt._fast.codec import FrameParser, encode, encode_ack, ConnAck, Disconnect
+from cymqtt._fast.codec import (
+    ConnAck, Disconnect, FrameParser, encode, encode_ack, encode_publish,
+)
 from cymqtt import handlers
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,6 +27,7 @@ log = logging.getLogger("cymqtt.connection")
 CONN_NEW = 0        # socket open, waiting for CONNECT
 CONN_ACTIVE = 1     # CONNACK sent
 CONN_CLOSING = 2    # closing; further input is ignored
+CONN_AUTH = 3       # CONNECT read, MQTT 5 enhanced authentication under way
 
 # MQTT 5 CONNACK reason codes -> MQTT 3.x CONNACK return codes (3.1.1 section 3.2.2.3).
 V3_CONNACK = {0x84: 0x01, 0x85: 0x02, 0x88: 0x03, 0x89: 0x03, 0x86: 0x04, 0x87: 0x05,
@@ -38,7 +41,8 @@ class Connection(asyncio.Protocol):
     __slots__ = ("broker", "transport", "parser", "state", "session", "client_id", "version",
                  "keepalive", "last_rx", "created", "outbox", "writable", "paused_since",
                  "will", "peer", "max_packet_out", "aliases_in", "problem_info",
-                 "clean_exit", "receive_maximum")
+                 "clean_exit", "receive_maximum", "username", "auth_method", "auth_exchange",
+                 "pending_connect", "aliases_out", "alias_out_max")
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
@@ -60,6 +64,12 @@ class Connection(asyncio.Protocol):
         self.problem_info = True          # MQTT 5 request problem information
         self.clean_exit = False           # DISCONNECT received: no will
         self.receive_maximum = 65535      # the client's, for what we send it
+        self.username: str | None = None
+        self.auth_method: str | None = None   # MQTT 5 enhanced authentication method
+        self.auth_exchange = None             # the AuthExchange under way, if any
+        self.pending_connect = None           # CONNECT waiting for its AUTH exchange
+        self.aliases_out: dict[str, int] | None = None   # topic -> alias we assigned
+        self.alias_out_max = 0                # the client's topic alias maximum
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -82,7 +92,7 @@ class Connection(asyncio.Protocol):
             try:
                 dispatch[pkt.type](self, pkt)
             except handlers.ProtocolViolation as exc:
-                self.fail(exc.reason_code, str(exc))
+                self.fail(exc.reason_code, str(exc), exc.props)
             except Exception:
                 log.exception("client %s (%s): error while handling %s; closing its connection",
                               self.client_id, self.peer, pkt.name)
@@ -129,7 +139,10 @@ class Connection(asyncio.Protocol):
 
     def send_publish(self, msg: Message, qos: int, retain: bool, packet_id: int, dup: bool,
                      sub_ids: list | None, now: float) -> None:
-        frame = msg.frame(self.version, qos, retain, packet_id, dup, sub_ids, now)
+        if self.aliases_out is None:
+            frame = msg.frame(self.version, qos, retain, packet_id, dup, sub_ids, now)
+        else:
+            frame = self._aliased_frame(msg, qos, retain, packet_id, dup, sub_ids, now)
         if self.max_packet_out and len(frame) > self.max_packet_out:
             # Too large for this client [MQTT-3.1.2-25]: dropped as if it had been delivered.
             self.broker.stats.dropped_too_large += 1
@@ -141,38 +154,63 @@ class Connection(asyncio.Protocol):
         self.broker.stats.messages_sent += 1
         self.send(frame)
 
+    def _aliased_frame(self, msg: Message, qos: int, retain: bool, packet_id: int, dup: bool,
+                       sub_ids: list | None, now: float) -> bytes:
+        # MQTT 5 outbound topic aliases: the first PUBLISH on a topic sets an alias, later ones
+        # send it with an empty topic. Aliases are never reassigned once the table is full.
+        aliases = self.aliases_out
+        topic = msg.topic
+        alias = aliases.get(topic)
+        if alias is None:
+            if len(aliases) >= self.alias_out_max:
+                return msg.frame(self.version, qos, retain, packet_id, dup, sub_ids, now)
+            alias = aliases[topic] = len(aliases) + 1
+        else:
+            topic = ""
+        props = msg.props_for(sub_ids, now) or {}
+        props[0x23] = alias
+        return encode_publish(topic, msg.payload, qos, retain, dup, packet_id, props, 5)
+
     def send_pubrel(self, packet_id: int) -> None:
         self.send(encode_ack(_PUBREL, packet_id, 0, None, self.version))
 
     # -- closing -------------------------------------------------------------------------------
 
-    def fail(self, reason_code: int, text: str) -> None:
+    def fail(self, reason_code: int, text: str, props: dict | None = None) -> None:
         """Close because of bad input or a broken rule: tell the client why when the protocol
-        has a way (CONNACK before the session exists, MQTT 5 DISCONNECT after)."""
+        has a way (CONNACK before the session exists, MQTT 5 DISCONNECT after). `props` are
+        extra MQTT 5 properties for that packet (a server reference, say)."""
         if self.state == CONN_CLOSING:
             return
         log.info("client %s (%s): %s (reason 0x%02X); closing", self.client_id or "<new>",
                  self.peer, text, reason_code)
         version = self.parser.version or self.version
-        if self.state == CONN_NEW:
+        if version == 5:
+            props = dict(props) if props else {}
+            if self.problem_info:
+                props[0x1F] = text[:200]
+        if self.state != CONN_ACTIVE:
             if version == 5:
-                props = {0x1F: text[:200]} if self.problem_info else None
                 self.send(encode(ConnAck(False, reason_code, props), 5))
-            elif reason_code in V3_CONNACK and self.parser.version:
+            elif reason_code in V3_CONNACK and (self.parser.version or reason_code == 0x84):
+                # 0x84: the level was refused, so the parser has none; answer in 3.1.1 form
+                # with 0x01 (unacceptable protocol level) [MQTT-3.1.2-2].
                 self.send(encode(ConnAck(False, V3_CONNACK[reason_code]), 4))
         elif version == 5:
-            props = {0x1F: text[:200]} if self.problem_info else None
             self.send(encode(Disconnect(reason_code, props), 5))
         self.close()
 
-    def disconnect(self, reason_code: int, text: str | None = None) -> None:
+    def disconnect(self, reason_code: int, text: str | None = None,
+                   props: dict | None = None) -> None:
         """Close on the broker's initiative (takeover, keep alive, shutdown); MQTT 5 clients get
         a DISCONNECT with `reason_code` first. The will is published (unless clean_exit)."""
         if self.state == CONN_CLOSING:
             return
         if self.version == 5 and self.state == CONN_ACTIVE:
-            props = {0x1F: text} if text and self.problem_info else None
-            self.send(encode(Disconnect(reason_code, props), 5))
+            props = dict(props) if props else {}
+            if text and self.problem_info:
+                props[0x1F] = text
+            self.send(encode(Disconnect(reason_code, props or None), 5))
         self.close()
 
     def close(self) -> None:

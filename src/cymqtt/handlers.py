@@ -12,8 +12,9 @@ import uuid
 from typing import TYPE_CHECKING
 
 from cymqtt._fast.codec import (
-    ConnAck, SubAck, encode, encode_ack,
+    Auth, ConnAck, SubAck, encode, encode_ack,
 )
+from cymqtt.auth import CONTINUE, SUCCESS, check_password
 from cymqtt._fast.consts import PacketType
 from cymqtt.message import Message
 from cymqtt.router import split_shared
@@ -24,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("cymqtt.handlers")
 
-CONN_NEW, CONN_ACTIVE = 0, 1
+CONN_NEW, CONN_ACTIVE, CONN_AUTH = 0, 1, 3
 
 # Property identifiers used here.
 P_PAYLOAD_FORMAT = 0x01
@@ -34,8 +35,12 @@ P_SESSION_EXPIRY = 0x11
 P_ASSIGNED_CLIENT_ID = 0x12
 P_SERVER_KEEP_ALIVE = 0x13
 P_AUTH_METHOD = 0x15
+P_AUTH_DATA = 0x16
 P_REQUEST_PROBLEM_INFO = 0x17
 P_WILL_DELAY = 0x18
+P_REQUEST_RESPONSE_INFO = 0x19
+P_RESPONSE_INFORMATION = 0x1A
+P_SERVER_REFERENCE = 0x1C
 P_REASON_STRING = 0x1F
 P_RECEIVE_MAXIMUM = 0x21
 P_TOPIC_ALIAS_MAXIMUM = 0x22
@@ -52,11 +57,13 @@ SUBACK, UNSUBACK, PINGRESP = 9, 11, b"\xd0\x00"
 
 
 class ProtocolViolation(Exception):
-    """A client broke a rule; `reason_code` is the MQTT 5 code to send before closing."""
+    """A client broke a rule; `reason_code` is the MQTT 5 code to send before closing, `props`
+    any further MQTT 5 properties for that CONNACK or DISCONNECT."""
 
-    def __init__(self, reason_code: int, text: str) -> None:
+    def __init__(self, reason_code: int, text: str, props: dict | None = None) -> None:
         super().__init__(text)
         self.reason_code = reason_code
+        self.props = props
 
 
 # -- CONNECT ------------------------------------------------------------------------------------
@@ -66,7 +73,6 @@ def handle_connect(conn: Connection, pkt) -> None:
         raise ProtocolViolation(0x82, "second CONNECT on a connection [MQTT-3.1.0-2]")
     broker = conn.broker
     config = broker.config
-    now = broker.now()
     version = pkt.version
     conn.version = version
     props = pkt.properties or {}
@@ -74,9 +80,14 @@ def handle_connect(conn: Connection, pkt) -> None:
         conn.problem_info = bool(props.get(P_REQUEST_PROBLEM_INFO, 1))
         conn.receive_maximum = props.get(P_RECEIVE_MAXIMUM, 65535)
         conn.max_packet_out = props.get(P_MAXIMUM_PACKET_SIZE, 0)
-        if P_AUTH_METHOD in props:
-            raise ProtocolViolation(0x8C, f"authentication method {props[P_AUTH_METHOD]!r} "
-                                          "is not supported")
+        alias_max = props.get(P_TOPIC_ALIAS_MAXIMUM, 0)
+        if alias_max:
+            conn.alias_out_max = alias_max
+            conn.aliases_out = {}
+    if config.redirect_to:
+        raise ProtocolViolation(0x9D if config.redirect_permanent else 0x9C,
+                                f"use another server: {config.redirect_to}",
+                                {P_SERVER_REFERENCE: config.redirect_to})
 
     client_id = pkt.client_id
     assigned = None
@@ -89,6 +100,60 @@ def handle_connect(conn: Connection, pkt) -> None:
     elif version == 3 and len(client_id) > 23:
         raise ProtocolViolation(0x85, "MQTT 3.1 client identifiers are 1..23 characters")
     conn.client_id = client_id
+    conn.username = pkt.username
+
+    method = props.get(P_AUTH_METHOD) if version == 5 else None
+    if method is not None:
+        authenticator = broker.authenticators.get(method)
+        if authenticator is None:
+            raise ProtocolViolation(0x8C, f"authentication method {method!r} is not supported")
+        conn.auth_method = method
+        conn.auth_exchange = authenticator.start(client_id, pkt.username)
+        conn.pending_connect = (pkt, assigned)
+        conn.state = CONN_AUTH
+        _auth_step(conn, props.get(P_AUTH_DATA))
+        return
+    if config.users:
+        if pkt.username is None:
+            if not config.allow_anonymous:
+                raise ProtocolViolation(0x87, "anonymous clients are not allowed")
+        elif not check_password(config.users, pkt.username, pkt.password):
+            raise ProtocolViolation(0x86, f"bad user name or password for {pkt.username!r}")
+    _complete_connect(conn, pkt, assigned, None)
+
+
+def _auth_step(conn: Connection, data: bytes | None) -> None:
+    """Feed the client's authentication data to the exchange and act on its answer."""
+    step = conn.auth_exchange.step(data)
+    if step.status == CONTINUE:
+        conn.send(encode(Auth(0x18, {P_AUTH_METHOD: conn.auth_method,
+                                     P_AUTH_DATA: step.data or b""}), 5))
+        return
+    conn.auth_exchange = None
+    if step.status != SUCCESS:
+        raise ProtocolViolation(step.reason_code or 0x87,
+                                step.reason or "authentication failed")
+    ack = {P_AUTH_METHOD: conn.auth_method}
+    if step.data:
+        ack[P_AUTH_DATA] = step.data
+    if conn.state == CONN_AUTH:
+        pkt, assigned = conn.pending_connect
+        conn.pending_connect = None
+        conn.state = CONN_NEW
+        _complete_connect(conn, pkt, assigned, ack)
+    else:
+        conn.send(encode(Auth(0x00, ack), 5))     # re-authentication succeeded
+
+
+def _complete_connect(conn: Connection, pkt, assigned: str | None,
+                      auth_props: dict | None) -> None:
+    """The client is who it says: attach (or create) its session and send CONNACK."""
+    broker = conn.broker
+    config = broker.config
+    now = broker.now()
+    version = pkt.version
+    props = pkt.properties or {}
+    client_id = conn.client_id
 
     # Session expiry: MQTT 5 from the property; 3.x from clean session and the config default.
     if version == 5:
@@ -162,6 +227,11 @@ def handle_connect(conn: Connection, pkt) -> None:
             ack_props[P_SERVER_KEEP_ALIVE] = config.server_keep_alive
         if expiry != props.get(P_SESSION_EXPIRY, 0):
             ack_props[P_SESSION_EXPIRY] = expiry
+        if props.get(P_REQUEST_RESPONSE_INFO) and config.response_information is not None:
+            ack_props[P_RESPONSE_INFORMATION] = config.response_information.replace(
+                "{client_id}", client_id)
+        if auth_props:
+            ack_props.update(auth_props)
     conn.send(encode(ConnAck(session_present, 0, ack_props), version))
     conn.state = CONN_ACTIVE
     broker.on_client_connected(conn)
@@ -204,6 +274,15 @@ def handle_publish(conn: Connection, pkt) -> None:
     if pkt.retain and not broker.config.retain_available:
         raise ProtocolViolation(0x9A, "retain is not available [MQTT-3.2.2-14]")
     broker.stats.messages_received += 1
+    if props is not None and props.get(P_PAYLOAD_FORMAT) == 1 and \
+            broker.config.validate_utf8_payload and not _is_utf8(pkt.payload):
+        # Chosen over DISCONNECT: the sender learns which message was refused, and keeps its
+        # connection [MQTT-3.3.2.3.2].
+        log.info("client %s: PUBLISH to %r says UTF-8 but is not; refused (0x99)",
+                 conn.client_id, topic)
+        if qos:
+            conn.send(encode_ack(PUBACK if qos == 1 else PUBREC, pkt.packet_id, 0x99, None, 5))
+        return
     if topic[0] == "$":
         # Clients cannot publish to $-topics ($SYS belongs to the broker).
         log.debug("client %s: PUBLISH to %r refused ($-topic)", conn.client_id, topic)
@@ -228,6 +307,14 @@ def handle_publish(conn: Connection, pkt) -> None:
         if r:
             broker.route(Message.from_publish(pkt, conn.client_id, broker.now()))
         conn.send(encode_ack(PUBREC, pkt.packet_id, 0, None, conn.version))
+
+
+def _is_utf8(payload: bytes) -> bool:
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _resolve_alias(conn: Connection, alias: int, topic: str) -> str:
@@ -351,7 +438,25 @@ def handle_disconnect(conn: Connection, pkt) -> None:
 
 
 def handle_auth(conn: Connection, pkt) -> None:
-    raise ProtocolViolation(0x82, "AUTH without an authentication method in CONNECT")
+    """MQTT 5 enhanced authentication: the rest of a CONNECT's exchange (0x18), or a
+    re-authentication on a live connection (0x19, then 0x18s) [MQTT-4.12]."""
+    if conn.auth_method is None:
+        raise ProtocolViolation(0x82, "AUTH without an authentication method in CONNECT "
+                                      "[MQTT-3.15.2-1]")
+    props = pkt.properties or {}
+    if props.get(P_AUTH_METHOD) != conn.auth_method:
+        raise ProtocolViolation(0x82, "AUTH names another authentication method than CONNECT "
+                                      "[MQTT-4.12.0-5]")
+    rc = pkt.reason_code
+    if conn.state == CONN_AUTH:
+        if rc != 0x18:
+            raise ProtocolViolation(0x82, f"AUTH reason 0x{rc:02X} during CONNECT")
+    elif rc == 0x19:
+        authenticator = conn.broker.authenticators[conn.auth_method]
+        conn.auth_exchange = authenticator.start(conn.client_id, conn.username)
+    elif rc != 0x18 or conn.auth_exchange is None:
+        raise ProtocolViolation(0x82, f"unexpected AUTH reason 0x{rc:02X}")
+    _auth_step(conn, props.get(P_AUTH_DATA))
 
 
 def handle_unexpected(conn: Connection, pkt) -> None:

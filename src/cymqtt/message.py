@@ -57,9 +57,9 @@ class Message:
         v5 = version == 5
         if sub_ids or (v5 and self.expires_at is not None):
             return encode_publish(self.topic, self.payload, qos, retain, dup, packet_id or 1,
-                                  self._props_for(sub_ids, now), 5) if qos else \
+                                  self.props_for(sub_ids, now), 5) if qos else \
                 encode_publish(self.topic, self.payload, 0, retain, False, 0,
-                               self._props_for(sub_ids, now), 5)
+                               self.props_for(sub_ids, now), 5)
         key = (v5, qos, retain)
         frames = self._frames
         if frames is None:
@@ -73,7 +73,7 @@ class Message:
             return publish_with_id(frame, packet_id, dup)
         return frame
 
-    def _props_for(self, sub_ids: list | None, now: float) -> dict | None:
+    def props_for(self, sub_ids: list | None, now: float) -> dict | None:
         props = dict(self.properties) if self.properties else {}
         if self.expires_at is not None:
             props[P_MESSAGE_EXPIRY] = max(0, math.ceil(self.expires_at - now))
