@@ -15,3 +15,13 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+# MQTT.js (npm) for the MQTT 5 interoperability tests, pinned by tests/js/package-lock.json.
+here="$(cd "$(dirname "$0")/.." && pwd)"
+if [ -f "$here/tests/js/package.json" ] && [ ! -d "$here/tests/js/node_modules/mqtt" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    (cd "$here/tests/js" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  else
+    echo "cymqtt: npm not found; the MQTT.js tests will be skipped (install Node.js to run them)" >&2
+  fi
+fi

@@ -202,6 +202,10 @@ class Broker:
             return
         now = self.now()
         session.conn = None
+        if session.window is not None and session.has_shared:
+            for qos, item in session.take_shared():
+                if not self.router.redispatch(qos, item, session, now):
+                    session.window.submit(item, qos, False)
         ending = session.expiry_interval == 0
         if conn.clean_exit:
             conn.will = None

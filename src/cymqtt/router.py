@@ -120,9 +120,24 @@ class Router:
             if sub is not None:
                 qos = sub.qos if sub.qos < msg.qos else msg.qos
                 ids = [sub.sub_id] if sub.sub_id else None
-                if sub.session.deliver(msg, qos, False, ids, now):
+                if sub.session.deliver(msg, qos, False, ids, now, key):
                     n += 1
         return n
+
+    def redispatch(self, qos: int, item: tuple, leaving: Session, now: float) -> bool:
+        """Give a shared-subscription message that `leaving` did not acknowledge to another
+        connected member of its group. False when there is none."""
+        msg, _, _, key = item
+        group, topic_filter = key
+        members = [s for s in self.trie.match(msg.topic)
+                   if s.group == group and s.topic_filter == topic_filter
+                   and s.session is not leaving and s.session.conn is not None]
+        if not members:
+            return False
+        sub = self.pick(key, members, msg)
+        ids = [sub.sub_id] if sub.sub_id else None
+        sub.session.deliver(msg, min(qos, sub.qos), False, ids, now, key)
+        return True
 
     def pick(self, key: tuple[str, str], members: list, msg: Message) -> Subscription | None:
         """One member of a shared group for `msg`, preferring members that are connected."""

@@ -71,14 +71,15 @@ class Session:
         return w
 
     def deliver(self, msg: Message, qos: int, retain: bool, sub_ids: list | None,
-                now: float) -> bool:
-        """Route `msg` to this session at `qos`: sent now, queued, or dropped (False)."""
+                now: float, shared: tuple | None = None) -> bool:
+        """Route `msg` to this session at `qos`: sent now, queued, or dropped (False).
+        `shared` is the (group, filter) of the shared subscription that picked this session."""
         conn = self.conn
         if qos == 0 and conn is not None and conn.writable and (
                 self.window is None or not self.window.queued_count):
             conn.send_publish(msg, 0, retain, 0, False, sub_ids, now)
             return True
-        item = (msg, retain, sub_ids)
+        item = (msg, retain, sub_ids, shared)
         online = conn is not None and conn.writable
         pid = self._window().submit(item, qos, online)
         if pid >= 0:
@@ -93,7 +94,7 @@ class Session:
         if w is None or conn is None or not w.queued_count:
             return
         for pid, qos, item in w.release():
-            msg, retain, sub_ids = item
+            msg, retain, sub_ids, _ = item
             if msg.expired(now):
                 if pid:
                     w.puback(pid) if qos == 1 else (w.pubrec(pid), w.pubcomp(pid))
@@ -109,7 +110,7 @@ class Session:
         if w is None or conn is None:
             return
         for pid, qos, state, item in w.resend():
-            msg, retain, sub_ids = item
+            msg, retain, sub_ids, _ = item
             if state == AWAIT_PUBCOMP:
                 conn.send_pubrel(pid)
             else:
@@ -130,6 +131,40 @@ class Session:
         if ok and w.queued_count:
             self.release(now)
         return ok
+
+    def take_shared(self) -> list:
+        """Remove and return, as (qos, item), the messages this session received through shared
+        subscriptions and has not had acknowledged (PUBREC counts: the client has it), so the
+        router can give them to another member of the group. Everything else stays, with its
+        packet id and state."""
+        w = self.window
+        if w is None or not len(w):
+            return []
+        inflight = w.take_inflight()
+        queued = w.drain_queue()
+        out = []
+        last = w.last_pid
+        for pid, qos, state, item in inflight:
+            if item[3] is not None and state != AWAIT_PUBCOMP:
+                out.append((qos, item))
+                continue
+            # Put it back under the same packet id: submit() takes the first free id after
+            # last_pid, and the queue is empty while we do this, so it goes straight in flight.
+            w.last_pid = pid - 1
+            w.submit(item, qos, True)
+            if state == AWAIT_PUBCOMP:
+                w.pubrec(pid)
+        w.last_pid = last
+        for qos, item in queued:
+            if item[3] is not None:
+                out.append((qos, item))
+            else:
+                w.submit(item, qos, False)
+        return out
+
+    @property
+    def has_shared(self) -> bool:
+        return any(sub.group is not None for sub in self.subscriptions.values())
 
     @property
     def dropped(self) -> int:
