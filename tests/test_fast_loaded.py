@@ -8,7 +8,7 @@ import cymqtt._fast as fast
 
 
 def test_extensions_are_compiled():
-    for name in ("buffer", "codec", "consts"):
+    for name in ("buffer", "codec", "consts", "inflight", "topics"):
         mod = getattr(fast, name)
         assert mod.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)), mod.__file__
 

@@ -99,9 +99,8 @@ class Session:
                 if pid:
                     w.puback(pid) if qos == 1 else (w.pubrec(pid), w.pubcomp(pid))
                 continue
+            # Everything release() returned is in flight now: send it all.
             conn.send_publish(msg, qos, retain, pid, False, sub_ids, now)
-            if not conn.writable:
-                break
 
     def resume(self, now: float) -> None:
         """A client re-attached: re-send everything unacknowledged (DUP), then the queue."""

@@ -4,7 +4,7 @@ There is no pure-Python fallback: a checkout that has not been built fails here 
 that says how to build it.
 """
 try:
-    from cymqtt._fast import buffer, codec, consts  # noqa: F401
+    from cymqtt._fast import buffer, codec, consts, inflight, topics  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
     raise ImportError(
         f"cymqtt's compiled extensions are not built ({exc}); run `make build` in a checkout "
