@@ -22,12 +22,13 @@ def test_missing_build_fails_with_one_clear_line(tmp_path):
         (pkg / rel).write_text(open(os.path.join(src, rel)).read())
     for rel in ("__init__.py", "errors.py"):
         (pkg / "_fast" / rel).write_text(open(os.path.join(src, "_fast", rel)).read())
-    proc = subprocess.run(
-        [sys.executable, "-c", "import cymqtt._fast"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
-        capture_output=True, text=True,
-    )
-    assert proc.returncode != 0
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("ImportError: cymqtt's compiled extensions are not built")
-    assert "make build" in last
+    for code in ("import cymqtt._fast", "import cymqtt"):
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+            capture_output=True, text=True,
+        )
+        assert proc.returncode != 0
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("ImportError: cymqtt's compiled extensions are not built"), last
+        assert "make build" in last
