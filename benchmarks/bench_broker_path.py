@@ -1,0 +1,99 @@
+"""The broker's per-message path without sockets: Connection.data_received -> parser ->
+handlers -> router -> session -> outbox, with in-memory transports.
+
+This isolates the Python work per message that sits on top of the socket floor (DESIGN.md
+"What costs is per-message Python work"), so changes to handlers/router/session/message can be
+measured before and after. Run:
+
+    .venv/bin/python -m pytest benchmarks/bench_broker_path.py --benchmark-only
+"""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cymqtt._fast.codec import Connect, Subscribe, encode, encode_publish
+from cymqtt.broker import Broker
+from cymqtt.connection import Connection
+
+N = 1000
+
+
+class NullTransport(asyncio.Transport):
+    """Swallows writes; counts bytes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = 0
+
+    def write(self, data) -> None:
+        self.written += len(data)
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+class Rig:
+    """One broker, `pairs` publisher/subscriber pairs on distinct topics, all in memory."""
+
+    def __init__(self, pairs: int, qos: int, version: int = 4) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.broker = Broker(sys_interval=0)
+        self.broker._loop = self.loop
+        self.pubs = []
+        for i in range(pairs):
+            sub = self._connect(f"sub{i}", version)
+            sub.data_received(encode(Subscribe(1, [(f"bench/{i}", qos)]), version))
+            pub = self._connect(f"pub{i}", version)
+            self.pubs.append((pub, sub))
+        self.version = version
+        self._drain()
+
+    def _connect(self, client_id: str, version: int) -> Connection:
+        conn = Connection(self.broker)
+        conn.connection_made(NullTransport())
+        conn.data_received(encode(Connect(client_id, version=version)))
+        return conn
+
+    def _drain(self) -> None:
+        self.loop.call_soon(self.loop.stop)
+        self.loop.run_forever()
+
+    def chunk(self, i: int, qos: int) -> bytes:
+        payload = b"x" * 64
+        return b"".join(encode_publish(f"bench/{i}", payload, qos, False, False,
+                                       (k % 65535) + 1 if qos else 0, None, self.version)
+                        for k in range(N))
+
+    def run(self, chunks, qos: int) -> None:
+        for (pub, sub), chunk in zip(self.pubs, chunks):
+            pub.data_received(chunk)
+            w = sub.session.window
+            while qos and w is not None and w.inflight_count:
+                # the subscriber acknowledges the window; acks release the queue behind it
+                sub.data_received(b"".join(b"\x40\x02" + pid.to_bytes(2, "big")
+                                           for pid, _, _, _ in w.resend()))
+        self._drain()
+
+    def close(self) -> None:
+        self.loop.close()
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+def test_p2p_path(benchmark, qos):
+    rig = Rig(pairs=10, qos=qos)
+    chunks = [rig.chunk(i, qos) for i in range(10)]
+    benchmark(rig.run, chunks, qos)
+    assert sum(s.session.dropped for _, s in rig.pubs) == 0
+    per_round = 10 * N
+    mean = benchmark.stats.stats.mean
+    benchmark.extra_info["messages_per_s"] = per_round / mean
+    print(f"\np2p QoS {qos}: {per_round / mean:,.0f} messages/s through the broker path")
+    rig.close()
