@@ -142,6 +142,8 @@ cdef class WriteBuffer:
         return 0
 
     cdef int write_u8(self, long v) except -1:
+        if v < 0 or v > 0xFF:
+            raise _MalformedPacket(f"byte out of range: {v}")
         if self._len + 1 > self._cap:
             self._grow(1)
         self._data[self._len] = <char>(v & 0xFF)

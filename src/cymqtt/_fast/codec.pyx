@@ -783,6 +783,8 @@ cdef class FrameParser:
             check_filter(c.buf + start, c.pos - start)
             opts = cur_u8(c, "SUBSCRIBE options")
             if (opts & 3) == 3:
+                if self.version == 5:   # MQTT 5 section 3.8.3.1: a Protocol Error there
+                    raise _Protocol(f"SUBSCRIBE {topic_filter!r} asks for QoS 3")
                 raise _Malformed(f"SUBSCRIBE {topic_filter!r} asks for QoS 3 [MQTT-3-8.3-4]")
             if self.version == 5:
                 if opts & 0xC0:
@@ -864,6 +866,8 @@ cdef class FrameParser:
 
 cpdef bytes encode(Packet packet, int version=4):
     """`packet` as MQTT bytes for protocol level `version` (a CONNECT carries its own)."""
+    if packet is None:      # a typed argument lets None through; reading .type would be UB
+        raise TypeError("encode() needs a packet, not None")
     cdef int t = packet.type
     if t == PUBLISH:
         p = <Publish>packet
@@ -954,9 +958,10 @@ cpdef bytes encode_publish(str topic, object payload, int qos=0, bint retain=Fal
     if type(payload) is not bytes:
         payload = bytes(payload)
     cdef Py_ssize_t tlen
-    cdef const char *t = PyUnicode_AsUTF8AndSize(topic, &tlen)
+    cdef const char *t = _utf8_of(topic, &tlen)      # refuses surrogates and U+0000
     if tlen > 0xFFFF:
         raise _Malformed(f"topic of {tlen} bytes exceeds 65,535")
+    check_topic_name(<const unsigned char *>t, tlen)
     cdef unsigned char first = 0x30 | (qos << 1) | (0x08 if dup else 0) | (1 if retain else 0)
     cdef Py_ssize_t plen = PyBytes_GET_SIZE(payload)
     cdef WriteBuffer w
@@ -1002,13 +1007,17 @@ cpdef bytes publish_with_id(bytes frame, int packet_id, bint dup=False):
     """A copy of a QoS 1/2 PUBLISH `frame` with its packet identifier (and DUP) replaced.
 
     The router encodes a message once per variant and gives each subscriber this copy."""
+    if not 0 < packet_id <= 0xFFFF:
+        raise _Protocol(f"packet identifier must be 1..65535, not {packet_id}")
+    if frame is None:
+        raise TypeError("publish_with_id() needs a frame, not None")
     cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
     cdef const unsigned char *f = <const unsigned char *>PyBytes_AS_STRING(frame)
     cdef Py_ssize_t i = 1
     while i < n and i < 5 and (f[i] & 0x80):
         i += 1
     i += 1
-    if i + 2 > n or not (f[0] >> 1) & 3:
+    if i + 2 > n or (f[0] >> 4) != PUBLISH or not (f[0] >> 1) & 3:
         raise _Malformed("not a QoS 1/2 PUBLISH frame")
     cdef Py_ssize_t off = i + 2 + ((<Py_ssize_t>f[i] << 8) | f[i + 1])
     if off + 2 > n:
@@ -1084,7 +1093,11 @@ cdef bytes _encode_unsubscribe(Unsubscribe p, int version):
     w.write_u16(p.packet_id)
     if version == 5:
         _write_props(w, p.properties, UNSUBSCRIBE)
+    cdef Py_ssize_t n
+    cdef const char *s
     for topic_filter in p.topics:
+        s = _utf8_of(topic_filter, &n)
+        check_filter(<const unsigned char *>s, n)     # as _encode_subscribe does
         w.write_utf8(topic_filter)
     return w.finish(0xA2)
 
