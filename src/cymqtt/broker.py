@@ -268,6 +268,7 @@ class Broker:
     def sweep(self, now: float) -> None:
         """Every timed rule, checked against `now` (one pass; no per-connection timers)."""
         config = self.config
+        retry = config.retry_interval
         for conn in list(self.connections):
             state = conn.state
             if state == CONN_NEW or state == CONN_AUTH:
@@ -284,6 +285,11 @@ class Broker:
                     log.info("client %s: socket unwritable for %.0f s; closing",
                              conn.client_id, now - conn.paused_since)
                     conn.abort()
+                elif retry and conn.version < 5 and conn.writable:
+                    session = conn.session
+                    if session is not None and session.window is not None and \
+                            session.window.inflight_count:
+                        session.retry(retry, now)
         if self.offline:
             for session in [s for s in self.offline.values()
                             if s.expires_at is not None and now >= s.expires_at]:

@@ -46,6 +46,9 @@ class Config:
     session_expiry_default: int | None = 7200
     # Upper bound for MQTT 5 session expiry intervals a client asks for; None = no bound.
     max_session_expiry: int | None = None
+    # MQTT 3.x only: re-send an unacknowledged QoS 1/2 message on a live connection after this
+    # many seconds (EMQX's retry_interval); 0 = only on reconnect. MQTT 5 forbids it [MQTT-4.4.0-1].
+    retry_interval: float = 30.0
     # A connection whose socket stays unwritable this long (seconds) is closed.
     write_timeout: float = 30.0
     # Empty client ids get an assigned one (MQTT 3.1.1 only with clean session 1).
@@ -95,6 +98,7 @@ class Config:
         need(self.max_session_expiry is None or self.max_session_expiry >= 0,
              "max_session_expiry", ">= 0 or absent")
         need(self.write_timeout > 0, "write_timeout", "> 0")
+        need(self.retry_interval >= 0, "retry_interval", ">= 0")
         need(self.sys_interval >= 0, "sys_interval", ">= 0")
         need(self.shared_subscription_strategy in SHARED_STRATEGIES,
              "shared_subscription_strategy", "one of " + ", ".join(SHARED_STRATEGIES))

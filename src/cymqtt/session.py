@@ -116,6 +116,17 @@ class Session:
                 conn.send_publish(msg, qos, retain, pid, True, sub_ids, now)
         self.release(now)
 
+    def retry(self, interval: float, now: float) -> None:
+        """MQTT 3.x: re-send (DUP) what has waited `interval` seconds for its ack on a live
+        connection. The window stamps each message the first time it is checked."""
+        conn = self.conn
+        for pid, qos, state, item in self.window.due(now, interval):
+            msg, retain, sub_ids, _ = item
+            if state == AWAIT_PUBCOMP:
+                conn.send_pubrel(pid)
+            else:
+                conn.send_publish(msg, qos, retain, pid, True, sub_ids, now)
+
     def ack(self, kind: int, pid: int, now: float) -> bool:
         """PUBACK (4), PUBREC (5) or PUBCOMP (7) from the client; False if unknown."""
         w = self.window
