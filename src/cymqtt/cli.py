@@ -47,19 +47,21 @@ def _install_loop() -> str:
     return "uvloop"
 
 
-async def _serve(config: Config) -> None:
+async def _serve(config: Config, loop_name: str = "asyncio") -> None:
     import cymqtt._fast  # noqa: F401  (one clear line when the build is missing)
     from cymqtt.broker import Broker
 
     broker = Broker(config)
-    await broker.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    # Handlers first: a SIGTERM right after the "listening on" line must stop cleanly too.
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
             pass
+    await broker.start()
+    log.info("event loop: %s; Ctrl-C or SIGTERM stops the broker", loop_name)
     try:
         await stop.wait()
     finally:
@@ -77,9 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     loop_name = _install_loop()
-    log.info("cymqtt %s starting (event loop: %s)", __version__, loop_name)
     try:
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(config, loop_name))
     except ImportError as exc:
         print(f"cymqtt: {exc}", file=sys.stderr)
         return 2

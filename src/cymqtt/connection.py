@@ -86,6 +86,11 @@ class Connection(asyncio.Protocol):
         self.last_rx = _monotonic()
         stats = self.broker.stats
         stats.bytes_received += len(data)
+        if self.state == CONN_NEW and data and data[0] != 0x10 and not self.parser.buffered:
+            # The first packet must be a CONNECT [MQTT-3.1.0-1]: its first byte says so; do not
+            # wait for a body that garbage (HTTP, TLS, ...) announces.
+            self.fail(0x82, "the first packet is not CONNECT [MQTT-3.1.0-1]")
+            return
         packets = self.parser.feed(data)
         dispatch = handlers.DISPATCH
         for pkt in packets:
@@ -164,12 +169,17 @@ class Connection(asyncio.Protocol):
         if alias is None:
             if len(aliases) >= self.alias_out_max:
                 return msg.frame(self.version, qos, retain, packet_id, dup, sub_ids, now)
-            alias = aliases[topic] = len(aliases) + 1
+            alias = len(aliases) + 1
         else:
             topic = ""
         props = msg.props_for(sub_ids, now) or {}
         props[0x23] = alias
-        return encode_publish(topic, msg.payload, qos, retain, dup, packet_id, props, 5)
+        frame = encode_publish(topic, msg.payload, qos, retain, dup, packet_id, props, 5)
+        if topic and not (self.max_packet_out and len(frame) > self.max_packet_out):
+            # The client learns the alias only from a frame it receives: one too large for it
+            # is dropped by send_publish, so its alias must not be used later [MQTT-3.3.2-7].
+            aliases[topic] = alias
+        return frame
 
     def send_pubrel(self, packet_id: int) -> None:
         self.send(encode_ack(_PUBREL, packet_id, 0, None, self.version))

@@ -88,6 +88,13 @@ def handle_connect(conn: Connection, pkt) -> None:
         raise ProtocolViolation(0x9D if config.redirect_permanent else 0x9C,
                                 f"use another server: {config.redirect_to}",
                                 {P_SERVER_REFERENCE: config.redirect_to})
+    if pkt.will_topic is not None:
+        if pkt.will_qos > config.maximum_qos:
+            raise ProtocolViolation(0x9B, f"will QoS {pkt.will_qos} exceeds the maximum QoS "
+                                          f"{config.maximum_qos} [MQTT-3.2.2-12]")
+        if pkt.will_retain and not config.retain_available:
+            raise ProtocolViolation(0x9A, "will retain: retain is not available "
+                                          "[MQTT-3.2.2-13]")
 
     client_id = pkt.client_id
     assigned = None
@@ -187,6 +194,7 @@ def _complete_connect(conn: Connection, pkt, assigned: str | None,
         registry[client_id] = session
     broker.offline.pop(client_id, None)
     session.expiry_interval = expiry
+    session.requested_expiry = props.get(P_SESSION_EXPIRY, 0) if version == 5 else expiry
     session.expires_at = None
     session.version = version
     session.conn = conn
@@ -390,6 +398,9 @@ def handle_subscribe(conn: Connection, pkt) -> None:
         if group is None and config.retain_available and (
                 sub.retain_handling == 0 or (sub.retain_handling == 1 and not existed)):
             retained.append(sub)
+    if conn.version < 5:
+        # MQTT 3.x knows one failure code, 0x80 [MQTT-3.9.3-2].
+        codes = [c if c < 0x80 else 0x80 for c in codes]
     conn.send(encode(SubAck(SUBACK, pkt.packet_id, codes), conn.version))
     for sub in retained:
         ids = [sub.sub_id] if sub.sub_id else None
@@ -428,10 +439,11 @@ def handle_disconnect(conn: Connection, pkt) -> None:
     session = conn.session
     if pkt.properties and P_SESSION_EXPIRY in pkt.properties:
         new = pkt.properties[P_SESSION_EXPIRY]
-        if session.expiry_interval == 0 and new != 0:
+        if session.requested_expiry == 0 and new != 0:
             raise ProtocolViolation(0x82, "DISCONNECT sets a session expiry after CONNECT "
                                           "said 0 [MQTT-3.14.2-2]")
-        session.expiry_interval = new
+        cap = conn.broker.config.max_session_expiry      # the same bound as in CONNECT
+        session.expiry_interval = new if cap is None or new <= cap else cap
     # Reason 0x04: disconnect with will message; anything else discards the will.
     conn.clean_exit = pkt.reason_code != 0x04
     conn.close()

@@ -48,7 +48,7 @@ class Will:
 
 class Session:
     __slots__ = ("client_id", "subscriptions", "window", "inbound", "conn", "expiry_interval",
-                 "expires_at", "version", "_config", "__weakref__")
+                 "requested_expiry", "expires_at", "version", "_config", "__weakref__")
 
     def __init__(self, client_id: str, config) -> None:
         self.client_id = client_id
@@ -57,6 +57,7 @@ class Session:
         self.inbound: InboundQoS2 | None = None        # created on first inbound QoS 2
         self.conn = None                               # the attached Connection, or None
         self.expiry_interval = 0                       # seconds after disconnect; NEVER = never
+        self.requested_expiry = 0                      # what the CONNECT asked for (MQTT 5)
         self.expires_at: float | None = None           # loop time, while offline
         self.version = 4
         self._config = config
@@ -93,14 +94,20 @@ class Session:
         conn = self.conn
         if w is None or conn is None or not w.queued_count:
             return
-        for pid, qos, item in w.release():
-            msg, retain, sub_ids, _ = item
-            if msg.expired(now):
-                if pid:
-                    w.puback(pid) if qos == 1 else (w.pubrec(pid), w.pubcomp(pid))
-                continue
-            # Everything release() returned is in flight now: send it all.
-            conn.send_publish(msg, qos, retain, pid, False, sub_ids, now)
+        expired = True
+        while expired and w.queued_count:
+            # An expired message frees the slot it was given; go round again so the messages
+            # behind it take that slot now rather than after an ack that may never come.
+            expired = False
+            for pid, qos, item in w.release():
+                msg, retain, sub_ids, _ = item
+                if msg.expired(now):
+                    if pid:
+                        w.puback(pid) if qos == 1 else (w.pubrec(pid), w.pubcomp(pid))
+                    expired = True
+                    continue
+                # Everything release() returned is in flight now: send it all.
+                conn.send_publish(msg, qos, retain, pid, False, sub_ids, now)
 
     def resume(self, now: float) -> None:
         """A client re-attached: re-send everything unacknowledged (DUP), then the queue."""
