@@ -1,5 +1,7 @@
 """MQTT 3.1.1 re-sends unacknowledged messages on a live connection after retry_interval
 (section 4.4 allows it for 3.1.1); MQTT 5 re-sends only on reconnect [MQTT-4.4.0-1]."""
+import time
+
 import pytest
 
 from cymqtt._fast.codec import Connect, Publish, PubAck, Subscribe
@@ -28,6 +30,10 @@ def test_v311_unacked_qos1_is_resent_with_dup_after_retry_interval(broker, raw_c
     again = sub.recv_packet()
     assert again.name == "PUBLISH" and again.dup and again.packet_id == first.packet_id
     sub.send_packet(PubAck(4, first.packet_id))
+    deadline = time.monotonic() + 5
+    while broker.call(lambda: broker.broker.sessions["slow"].window.inflight_count):
+        assert time.monotonic() < deadline, "PUBACK not processed"
+        time.sleep(0.01)
     broker.sweep(20)
     with pytest.raises(TimeoutError):
         sub.recv_packet(timeout=0.3)
