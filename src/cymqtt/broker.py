@@ -202,11 +202,8 @@ class Broker:
             return
         now = self.now()
         session.conn = None
-        if session.window is not None and session.has_shared:
-            for qos, item in session.take_shared():
-                if not self.router.redispatch(qos, item, session, now):
-                    session.window.submit(item, qos, False)
         ending = session.expiry_interval == 0
+        self._redispatch_shared(session, ending, now)
         if conn.clean_exit:
             conn.will = None
         else:
@@ -245,8 +242,18 @@ class Broker:
     def cancel_will(self, client_id: str) -> None:
         self.pending_wills.pop(client_id, None)
 
+    def _redispatch_shared(self, session: Session, ending: bool, now: float) -> None:
+        # Shared-subscription messages the leaving member did not acknowledge go to another
+        # member (MQTT 5 section 4.8.2); when none is connected they stay with this session.
+        if session.window is None or not session.has_shared:
+            return
+        for qos, item in session.take_shared():
+            if not self.router.redispatch(qos, item, session, now) and not ending:
+                session.window.submit(item, qos, False)
+
     def end_session(self, session: Session, now: float) -> None:
         """Discard a session: its subscriptions, queue and inflight messages."""
+        self._redispatch_shared(session, True, now)
         self.router.remove_session(session)
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]

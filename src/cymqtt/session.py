@@ -151,9 +151,10 @@ class Session:
 
     def take_shared(self) -> list:
         """Remove and return, as (qos, item), the messages this session received through shared
-        subscriptions and has not had acknowledged (PUBREC counts: the client has it), so the
-        router can give them to another member of the group. Everything else stays, with its
-        packet id and state."""
+        subscriptions and that another member of the group should get instead: everything
+        queued (not yet sent) and QoS 1 in flight [MQTT-4.8.2-3]. A QoS 2 delivery under way
+        stays with this client, and is never given to another one even when the session ends
+        [MQTT-4.8.2-4, MQTT-4.8.2-5]. Everything else stays, with its packet id and state."""
         w = self.window
         if w is None or not len(w):
             return []
@@ -162,7 +163,7 @@ class Session:
         out = []
         last = w.last_pid
         for pid, qos, state, item in inflight:
-            if item[3] is not None and state != AWAIT_PUBCOMP:
+            if item[3] is not None and qos == 1:
                 out.append((qos, item))
                 continue
             # Put it back under the same packet id: submit() takes the first free id after
