@@ -1363,3 +1363,14 @@ def test_reference_decoder_agrees_on_damaged_streams(version_packets, flips):
         assert parser.buffered == len(rest)
     elif "not a PUBLISH" not in str(ref_error):
         assert parser.error is not None, (ref_error, ours)
+
+
+@pytest.mark.parametrize("first", [b"\x00", b"\x60", b"\x80", b"\x36", b"\x38", b"\xf0", b"\x11"])
+def test_a_bad_first_byte_is_refused_before_its_body_arrives(first):
+    """Reserved types and flags show in the first byte [MQTT-2.1.3-1]: the parser refuses them
+    at once instead of buffering up to max_packet_size of a body that will be refused anyway."""
+    for data in (first, first + b"\xff\xff\x7f"):
+        parser = FrameParser(4)
+        assert parser.feed(data) == []
+        assert parser.error is not None and parser.error.reason_code == 0x81
+        assert parser.buffered == 0

@@ -93,6 +93,7 @@ cdef class FrameParser:
     cdef Py_ssize_t _parse_all(self, const unsigned char *p, Py_ssize_t n, list out) except -1
     cdef object _parse_packet(self, unsigned char b0, const unsigned char *body, Py_ssize_t rl)
     cdef void _fail(self, object exc) noexcept
+    cdef int _check_first_byte(self, unsigned char b0) except -1
     cdef Publish _parse_publish(self, unsigned char flags, Cursor *c)
     cdef PubAck _parse_puback(self, int ptype, Cursor *c)
     cdef Connect _parse_connect(self, Cursor *c)

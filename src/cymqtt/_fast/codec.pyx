@@ -567,6 +567,8 @@ cdef class FrameParser:
         cdef unsigned char b
         self._need = 0
         while pos < n:
+            # The first byte alone can be wrong: refuse it now, before waiting for a body.
+            self._check_first_byte(p[pos])
             if n - pos < 2:
                 self._need = 2
                 return pos
@@ -600,17 +602,32 @@ cdef class FrameParser:
             pos += total
         return pos
 
+    cdef int _check_first_byte(self, unsigned char b0) except -1:
+        cdef int ptype = b0 >> 4
+        cdef unsigned char flags = b0 & 0x0F
+        if ptype == PUBLISH:
+            if (flags & 6) == 6:
+                raise _Malformed("PUBLISH with QoS 3 [MQTT-3.3.1-4]")
+            if not (flags & 6) and (flags & 8):
+                raise _Malformed("PUBLISH with QoS 0 must not set DUP [MQTT-3.3.1-2]")
+            return 0
+        if ptype == 0 or (ptype == AUTH and self.version != 5):
+            raise _Malformed(f"packet type {ptype} is reserved"
+                             + (" before MQTT 5" if ptype == AUTH else ""))
+        if flags != REQUIRED_FLAGS[ptype]:
+            raise _Malformed(f"{_NAMES[ptype]}: reserved fixed header flags are 0x{flags:X}, "
+                             f"must be 0x{REQUIRED_FLAGS[ptype]:X} [MQTT-2.1.3-1]")
+        return 0
+
     cdef object _parse_packet(self, unsigned char b0, const unsigned char *body, Py_ssize_t rl):
         cdef int ptype = b0 >> 4
         cdef unsigned char flags = b0 & 0x0F
         cdef Cursor c
         cur_init(&c, body, rl)
         cdef object pkt
+        # (_check_first_byte has vetted the type and the flags)
         if ptype == PUBLISH:
             pkt = self._parse_publish(flags, &c)
-        elif flags != REQUIRED_FLAGS[ptype]:
-            raise _Malformed(f"{_NAMES[ptype]}: reserved fixed header flags are 0x{flags:X}, "
-                             f"must be 0x{REQUIRED_FLAGS[ptype]:X} [MQTT-2.1.3-1]")
         elif ptype == PUBACK or ptype == PUBREC or ptype == PUBREL or ptype == PUBCOMP:
             pkt = self._parse_puback(ptype, &c)
         elif ptype == PINGREQ:                       # 0xC0
