@@ -40,7 +40,7 @@ _PUBREL = 6
 class Connection(asyncio.Protocol):
     __slots__ = ("broker", "transport", "parser", "state", "session", "client_id", "version",
                  "keepalive", "last_rx", "created", "outbox", "writable", "paused_since",
-                 "will", "peer", "max_packet_out", "aliases_in", "problem_info",
+                 "will", "max_packet_out", "aliases_in", "problem_info",
                  "clean_exit", "receive_maximum", "username", "auth_method", "auth_exchange",
                  "pending_connect", "aliases_out", "alias_out_max")
 
@@ -54,11 +54,10 @@ class Connection(asyncio.Protocol):
         self.version = 4                  # until CONNECT says otherwise
         self.keepalive = 0
         self.last_rx = self.created = _monotonic()
-        self.outbox: list[bytes] = []
+        self.outbox: list[bytes] | None = None   # frames of this tick; None while idle
         self.writable = True
         self.paused_since = 0.0
         self.will: Will | None = None
-        self.peer = "?"
         self.max_packet_out = 0           # client's MQTT 5 maximum packet size; 0 = no limit
         self.aliases_in: dict[int, str] | None = None
         self.problem_info = True          # MQTT 5 request problem information
@@ -75,10 +74,13 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.peer = f"{peer[0]}:{peer[1]}"
         self.broker.on_connection_made(self)
+
+    @property
+    def peer(self) -> str:
+        """"host:port" of the client, for logs (not stored: idle connections stay small)."""
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        return f"{peer[0]}:{peer[1]}" if peer else "?"
 
     def data_received(self, data: bytes) -> None:
         if self.state == CONN_CLOSING:
@@ -119,7 +121,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = CONN_CLOSING
-        self.outbox.clear()
+        self.outbox = None
         self.broker.on_connection_lost(self)
 
     # -- output --------------------------------------------------------------------------------
@@ -129,16 +131,18 @@ class Connection(asyncio.Protocol):
         if self.state == CONN_CLOSING:
             return
         outbox = self.outbox
-        outbox.append(frame)
-        if len(outbox) == 1:
+        if outbox is None:
+            self.outbox = [frame]
             self.broker.mark_dirty(self)
+        else:
+            outbox.append(frame)
 
     def flush(self) -> int:
         outbox = self.outbox
-        if not outbox or self.transport is None:
+        if outbox is None or self.transport is None:
             return 0
+        self.outbox = None      # idle connections hold no list (DESIGN rule 5)
         data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
-        outbox.clear()
         self.transport.write(data)
         return len(data)
 
@@ -239,7 +243,7 @@ class Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.state = CONN_CLOSING
-        self.outbox.clear()
+        self.outbox = None
         if self.transport is not None:
             self.transport.abort()
 
