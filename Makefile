@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.cymqtt-deps
 
-.PHONY: run test bench build venv tools clean debug
+.PHONY: run test bench microbench build venv tools clean debug
 
 run: build
 	$(PY) -m cymqtt $(ARGS)
@@ -12,8 +12,13 @@ run: build
 test: build tools
 	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
 
-bench: build tools
-	$(PY) -m pytest -q -p no:cacheprovider benchmarks/ --benchmark-only $(ARGS)
+# cymqtt beside mosquitto, every scenario (about 10 minutes): writes benchmarks/results/<date>.md
+# (ARGS="--quick" for 4 s scenarios), after the compiled-core microbenchmarks.
+bench: microbench
+	$(PY) benchmarks/compare.py $(ARGS)
+
+microbench: build tools
+	$(PY) -m pytest -q -p no:cacheprovider benchmarks/ --benchmark-only
 
 venv: $(STAMP)
 

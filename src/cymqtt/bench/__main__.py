@@ -1,0 +1,5 @@
+import sys
+
+from cymqtt.bench.cli import main
+
+sys.exit(main())
