@@ -25,6 +25,7 @@ from cymqtt import sys_topics
 log = logging.getLogger("cymqtt.broker")
 
 SWEEP_INTERVAL = 0.5   # seconds between sweeps; keep alive is enforced to within this
+THROTTLE_MAX = 0.5     # longest a publisher waits for congested subscribers before reading on
 
 
 class Stats:
@@ -178,11 +179,31 @@ class Broker:
             sent += conn.flush()
         self.stats.bytes_sent += sent
 
-    def route(self, msg: Message) -> int:
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def route(self, msg: Message, publisher: Connection | None = None) -> int:
+        """Deliver `msg`; when it leaves connected subscribers' queues past half full, the
+        `publisher` stops being read until they drain (at most THROTTLE_MAX seconds)."""
         if msg.retain:
             if self.config.retain_available:
                 self.router.retained.store(msg)
-        return self.router.publish(msg, self.now())
+        router = self.router
+        n = router.publish(msg, self.now())
+        if router.congested:
+            congested = router.congested
+            router.congested = []
+            if publisher is not None:
+                for session in congested:
+                    conn = session.conn
+                    if conn is None or conn is publisher:
+                        continue     # never wait for ourselves
+                    if session.waiters is None:
+                        session.waiters = set()
+                    session.waiters.add(publisher)
+                    publisher.throttle(THROTTLE_MAX)
+        return n
 
     def on_connection_made(self, conn: Connection) -> None:
         self.connections.add(conn)
@@ -202,6 +223,7 @@ class Broker:
             return
         now = self.now()
         session.conn = None
+        session.wake_waiters()
         ending = session.expiry_interval == 0
         self._redispatch_shared(session, ending, now)
         if conn.clean_exit:

@@ -34,6 +34,10 @@ V3_CONNACK = {0x84: 0x01, 0x85: 0x02, 0x88: 0x03, 0x89: 0x03, 0x86: 0x04, 0x87: 
               0x8C: 0x05, 0x9C: 0x03, 0x9D: 0x03, 0x8A: 0x05}
 
 _monotonic = time.monotonic
+
+# Bytes one connection may gather in its outbox within one loop iteration before it counts as
+# unwritable (its deliveries then queue or drop under the session limits).
+OUTBOX_HIGH = 256 * 1024
 _PUBREL = 6
 
 
@@ -42,7 +46,8 @@ class Connection(asyncio.Protocol):
                  "keepalive", "last_rx", "created", "outbox", "writable", "paused_since",
                  "will", "max_packet_out", "aliases_in", "problem_info",
                  "clean_exit", "receive_maximum", "username", "auth_method", "auth_exchange",
-                 "pending_connect", "aliases_out", "alias_out_max")
+                 "pending_connect", "aliases_out", "alias_out_max", "out_bytes", "tx_paused",
+                 "throttled", "pending")
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
@@ -69,6 +74,10 @@ class Connection(asyncio.Protocol):
         self.pending_connect = None           # CONNECT waiting for its AUTH exchange
         self.aliases_out: dict[str, int] | None = None   # topic -> alias we assigned
         self.alias_out_max = 0                # the client's topic alias maximum
+        self.out_bytes = 0                    # bytes in the outbox
+        self.tx_paused = False                # the transport asked us to stop writing
+        self.throttled = False                # reading paused: its subscribers are congested
+        self.pending: list | None = None      # parsed packets waiting for the throttle to end
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -94,8 +103,14 @@ class Connection(asyncio.Protocol):
             self.fail(0x82, "the first packet is not CONNECT [MQTT-3.1.0-1]")
             return
         packets = self.parser.feed(data)
+        if self.pending is not None:       # still working through an earlier chunk
+            self.pending.extend(packets)
+            return
+        self._dispatch(packets)
+
+    def _dispatch(self, packets: list) -> None:
         dispatch = handlers.DISPATCH
-        for pkt in packets:
+        for i, pkt in enumerate(packets):
             try:
                 dispatch[pkt.type](self, pkt)
             except handlers.ProtocolViolation as exc:
@@ -106,18 +121,58 @@ class Connection(asyncio.Protocol):
                 self.fail(0x83, "internal error")
             if self.state == CONN_CLOSING:
                 return
+            if self.throttled and i + 1 < len(packets):
+                # Its subscribers are congested: the rest of this chunk waits too (unthrottle).
+                self.pending = packets[i + 1:]
+                return
         err = self.parser.error
         if err is not None:
             self.fail(err.reason_code, str(err))
 
+    def _dispatch_pending(self) -> None:
+        packets = self.pending
+        self.pending = None
+        if packets is None or self.state == CONN_CLOSING:
+            return
+        self._dispatch(packets)
+        if not self.throttled and self.pending is None and self.state != CONN_CLOSING:
+            self.transport.resume_reading()
+
     def pause_writing(self) -> None:
-        self.writable = False
-        self.paused_since = _monotonic()
+        self.tx_paused = True
+        if self.writable:
+            self.writable = False
+            self.paused_since = _monotonic()
 
     def resume_writing(self) -> None:
+        self.tx_paused = False
+        if self.out_bytes <= OUTBOX_HIGH:
+            self._writable_again()
+
+    def _writable_again(self) -> None:
         self.writable = True
         if self.session is not None:
             self.session.release(_monotonic())
+
+    def throttle(self, seconds: float) -> None:
+        """Stop reading this client's packets for a while: what it publishes is piling up in
+        subscribers' queues. Congested sessions call unthrottle() once they drain; the timer
+        bounds the pause so that two clients feeding each other cannot wait forever."""
+        if self.throttled or self.state == CONN_CLOSING or self.transport is None:
+            return
+        self.throttled = True
+        self.transport.pause_reading()
+        self.broker.loop.call_later(seconds, self.unthrottle)
+
+    def unthrottle(self) -> None:
+        if self.throttled:
+            self.throttled = False
+            if self.state == CONN_CLOSING or self.transport is None:
+                return
+            if self.pending is not None:
+                self.broker.loop.call_soon(self._dispatch_pending)
+            else:
+                self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = CONN_CLOSING
@@ -133,9 +188,17 @@ class Connection(asyncio.Protocol):
         outbox = self.outbox
         if outbox is None:
             self.outbox = [frame]
+            self.out_bytes = len(frame)
             self.broker.mark_dirty(self)
         else:
             outbox.append(frame)
+            self.out_bytes += len(frame)
+            if self.out_bytes > OUTBOX_HIGH and self.writable:
+                # Many frames for one client in one loop iteration: treat it as unwritable now
+                # (deliveries queue or drop under the session's limits) rather than let this
+                # tick's outbox grow without bound before the transport can push back.
+                self.writable = False
+                self.paused_since = _monotonic()
 
     def flush(self) -> int:
         outbox = self.outbox
@@ -143,7 +206,11 @@ class Connection(asyncio.Protocol):
             return 0
         self.outbox = None      # idle connections hold no list (DESIGN rule 5)
         data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+        full = self.out_bytes > OUTBOX_HIGH
+        self.out_bytes = 0
         self.transport.write(data)
+        if full and not self.tx_paused and self.state != CONN_CLOSING:
+            self._writable_again()
         return len(data)
 
     def send_publish(self, msg: Message, qos: int, retain: bool, packet_id: int, dup: bool,

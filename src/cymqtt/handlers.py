@@ -300,9 +300,9 @@ def handle_publish(conn: Connection, pkt) -> None:
             conn.send(encode_ack(PUBREC, pkt.packet_id, 0x87, None, conn.version))
         return
     if qos == 0:
-        broker.route(Message.from_publish(pkt, conn.client_id, broker.now()))
+        broker.route(Message.from_publish(pkt, conn.client_id, broker.now()), conn)
     elif qos == 1:
-        n = broker.route(Message.from_publish(pkt, conn.client_id, broker.now()))
+        n = broker.route(Message.from_publish(pkt, conn.client_id, broker.now()), conn)
         conn.send(encode_ack(PUBACK, pkt.packet_id, 0 if n or conn.version < 5 else 0x10,
                              None, conn.version))
     else:
@@ -313,7 +313,7 @@ def handle_publish(conn: Connection, pkt) -> None:
             raise ProtocolViolation(0x93, "more QoS 2 messages in flight than the receive "
                                           "maximum allows [MQTT-3.3.4-9]")
         if r:
-            broker.route(Message.from_publish(pkt, conn.client_id, broker.now()))
+            broker.route(Message.from_publish(pkt, conn.client_id, broker.now()), conn)
         conn.send(encode_ack(PUBREC, pkt.packet_id, 0, None, conn.version))
 
 

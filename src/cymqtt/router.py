@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from cymqtt._fast.topics import TopicTrie
 from cymqtt.retain import MemoryRetainStore, RetainStore
+from cymqtt.session import CONGESTED
 
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.message import Message
@@ -39,6 +40,9 @@ class Router:
         self._rr: dict[tuple[str, str], int] = {}
         self._sticky: dict[tuple[str, str], str] = {}
         self._rng = rng or random.Random()
+        # Sessions that a publish left congested (see Session.deliver); the broker reads and
+        # clears this after each publish to slow the publisher down.
+        self.congested: list[Session] = []
 
     # -- subscriptions -------------------------------------------------------------------------
 
@@ -76,7 +80,10 @@ class Router:
             qos = sub.qos if sub.qos < msg.qos else msg.qos
             retain = msg.retain and sub.retain_as_published
             ids = [sub.sub_id] if sub.sub_id else None
-            return 1 if sub.session.deliver(msg, qos, retain, ids, now) else 0
+            r = sub.session.deliver(msg, qos, retain, ids, now)
+            if r == CONGESTED:
+                self.congested.append(sub.session)
+            return 1 if r else 0
         # Several matches: one delivery per session at the highest QoS of its matching
         # subscriptions, carrying all their identifiers [MQTT-3.3.4-2, MQTT-3.3.4-3].
         per_session: dict = {}
@@ -107,8 +114,11 @@ class Router:
         n = 0
         mq = msg.qos
         for session, (qos, rap, ids) in per_session.items():
-            if session.deliver(msg, qos if qos < mq else mq, msg.retain and rap, ids, now):
+            r = session.deliver(msg, qos if qos < mq else mq, msg.retain and rap, ids, now)
+            if r:
                 n += 1
+                if r == CONGESTED:
+                    self.congested.append(session)
         if shared:
             n += self._deliver_shared(shared, msg, now)
         return n
@@ -120,8 +130,11 @@ class Router:
             if sub is not None:
                 qos = sub.qos if sub.qos < msg.qos else msg.qos
                 ids = [sub.sub_id] if sub.sub_id else None
-                if sub.session.deliver(msg, qos, False, ids, now, key):
+                r = sub.session.deliver(msg, qos, False, ids, now, key)
+                if r:
                     n += 1
+                    if r == CONGESTED:
+                        self.congested.append(sub.session)
         return n
 
     def redispatch(self, qos: int, item: tuple, leaving: Session, now: float) -> bool:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.message import Message
 
 NEVER = 0xFFFFFFFF
+CONGESTED = 2      # Session.deliver: queued, and the queue is past half its limit
 
 
 class Subscription:
@@ -48,7 +49,8 @@ class Will:
 
 class Session:
     __slots__ = ("client_id", "subscriptions", "window", "inbound", "conn", "expiry_interval",
-                 "requested_expiry", "expires_at", "version", "_config", "__weakref__")
+                 "requested_expiry", "expires_at", "version", "waiters", "last_ack", "_config",
+                 "__weakref__")
 
     def __init__(self, client_id: str, config) -> None:
         self.client_id = client_id
@@ -60,6 +62,8 @@ class Session:
         self.requested_expiry = 0                      # what the CONNECT asked for (MQTT 5)
         self.expires_at: float | None = None           # loop time, while offline
         self.version = 4
+        self.waiters: set | None = None     # publishers throttled until our queue drains
+        self.last_ack = 0.0                 # when the client last acknowledged a message
         self._config = config
 
     # -- outbound ------------------------------------------------------------------------------
@@ -72,21 +76,32 @@ class Session:
         return w
 
     def deliver(self, msg: Message, qos: int, retain: bool, sub_ids: list | None,
-                now: float, shared: tuple | None = None) -> bool:
-        """Route `msg` to this session at `qos`: sent now, queued, or dropped (False).
+                now: float, shared: tuple | None = None) -> int:
+        """Route `msg` to this session at `qos`. Returns 1 when it was sent or queued, 0 when
+        it was dropped, and CONGESTED when it was queued past half the queue limit of a client
+        that is draining, but slower than it is fed (the router then slows the publisher).
         `shared` is the (group, filter) of the shared subscription that picked this session."""
         conn = self.conn
         if qos == 0 and conn is not None and conn.writable and (
                 self.window is None or not self.window.queued_count):
             conn.send_publish(msg, 0, retain, 0, False, sub_ids, now)
-            return True
+            return 1
         item = (msg, retain, sub_ids, shared)
         online = conn is not None and conn.writable
-        pid = self._window().submit(item, qos, online)
+        w = self._window()
+        pid = w.submit(item, qos, online)
         if pid >= 0:
             conn.send_publish(msg, qos, retain, pid, False, sub_ids, now)
-            return True
-        return pid == -1
+            return 1
+        if pid == -1:
+            # Congested: a live client that is draining (writable socket, acks within the last
+            # second) but not fast enough. A stalled one is not waited for: its queue fills and
+            # drops, as with mosquitto, rather than slowing every publisher down.
+            if conn is not None and w.queued_count * 2 >= w.max_queued and conn.writable \
+                    and now - self.last_ack < 1.0:
+                return CONGESTED
+            return 1
+        return 0
 
     def release(self, now: float) -> None:
         """Fill the window from the queue after acks (or when the socket drains again)."""
@@ -108,6 +123,16 @@ class Session:
                     continue
                 # Everything release() returned is in flight now: send it all.
                 conn.send_publish(msg, qos, retain, pid, False, sub_ids, now)
+        if self.waiters is not None and w.queued_count * 4 <= w.max_queued:
+            self.wake_waiters()
+
+    def wake_waiters(self) -> None:
+        """Let the publishers we throttled read again (our queue drained, or we went away)."""
+        waiters = self.waiters
+        self.waiters = None
+        if waiters:
+            for conn in waiters:
+                conn.unthrottle()
 
     def resume(self, now: float) -> None:
         """A client re-attached: re-send everything unacknowledged (DUP), then the queue."""
@@ -139,6 +164,7 @@ class Session:
         w = self.window
         if w is None:
             return False
+        self.last_ack = now
         if kind == 4:
             ok = w.puback(pid)
         elif kind == 5:
