@@ -39,6 +39,12 @@ class NullTransport(asyncio.Transport):
     def abort(self) -> None:
         pass
 
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
 
 class Rig:
     """One broker, `pairs` publisher/subscriber pairs on distinct topics, all in memory."""
@@ -73,14 +79,21 @@ class Rig:
                         for k in range(N))
 
     def run(self, chunks, qos: int) -> None:
+        sent = self.broker.stats.messages_sent
         for (pub, sub), chunk in zip(self.pubs, chunks):
             pub.data_received(chunk)
             w = sub.session.window
-            while qos and w is not None and w.inflight_count:
-                # the subscriber acknowledges the window; acks release the queue behind it
-                sub.data_received(b"".join(b"\x40\x02" + pid.to_bytes(2, "big")
-                                           for pid, _, _, _ in w.resend()))
+            while True:
+                if qos and w is not None and w.inflight_count:
+                    # the subscriber acknowledges the window; acks release the queue behind it
+                    sub.data_received(b"".join(b"\x40\x02" + pid.to_bytes(2, "big")
+                                               for pid, _, _, _ in w.resend()))
+                elif pub.pending is not None:
+                    self._drain()      # the publisher was throttled: let it go on
+                else:
+                    break
         self._drain()
+        assert self.broker.stats.messages_sent - sent == len(chunks) * N
 
     def close(self) -> None:
         self.loop.close()
