@@ -29,6 +29,9 @@ def split_shared(full_filter: str) -> tuple[str | None, str]:
     return None, full_filter
 
 
+MATCH_CACHE_SIZE = 10_000
+
+
 class Router:
     """Delivery of published messages to matching sessions."""
 
@@ -43,16 +46,21 @@ class Router:
         # Sessions that a publish left congested (see Session.deliver); the broker reads and
         # clears this after each publish to slow the publisher down.
         self.congested: list[Session] = []
+        # topic -> trie.match(topic). Most traffic repeats its topics; any subscribe or
+        # unsubscribe clears it, and it is cleared when it reaches MATCH_CACHE_SIZE topics.
+        self._matches: dict[str, list] = {}
 
     # -- subscriptions -------------------------------------------------------------------------
 
     def subscribe(self, sub: Subscription) -> bool:
         """Add or replace; True when the subscription is new."""
         key = sub.session.client_id if sub.group is None else (sub.group, sub.session.client_id)
+        self._matches.clear()
         return self.trie.subscribe(sub.topic_filter, key, sub)
 
     def unsubscribe(self, sub: Subscription) -> bool:
         key = sub.session.client_id if sub.group is None else (sub.group, sub.session.client_id)
+        self._matches.clear()
         return self.trie.unsubscribe(sub.topic_filter, key)
 
     def remove_session(self, session: Session) -> None:
@@ -68,7 +76,13 @@ class Router:
 
     def publish(self, msg: Message, now: float) -> int:
         """Deliver `msg` to every matching session; returns the number of deliveries."""
-        subs = self.trie.match(msg.topic)
+        matches = self._matches
+        subs = matches.get(msg.topic)
+        if subs is None:
+            subs = self.trie.match(msg.topic)
+            if len(matches) >= MATCH_CACHE_SIZE:
+                matches.clear()
+            matches[msg.topic] = subs
         if not subs:
             return 0
         if len(subs) == 1:
