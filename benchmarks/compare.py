@@ -380,8 +380,8 @@ def ratio(a, b) -> str:
 def lat(rec: dict | None, key: str):
     if not rec:
         return None
-    l = rec.get("bench", {}).get("latency_ms")
-    return None if not l else l.get(key)
+    lat_ms = rec.get("bench", {}).get("latency_ms")
+    return None if not lat_ms else lat_ms.get(key)
 
 
 def b(rec: dict | None, key: str):

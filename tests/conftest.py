@@ -167,3 +167,13 @@ def raw_client(broker):
     yield make
     for c in clients:
         c.close()
+
+
+@pytest.fixture
+def paho(broker):
+    """paho(client_id, protocol) -> a connected helpers_paho.PahoClient; all closed at teardown."""
+    from helpers_paho import ClientPool
+
+    pool = ClientPool(broker.port)
+    yield pool
+    pool.close_all()

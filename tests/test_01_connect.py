@@ -14,14 +14,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 
 from cymqtt._fast.codec import Connect, Disconnect, Ping, Publish, Subscribe
-from helpers_paho import V5, V31, V311, ClientPool, props, wait_until
-
-
-@pytest.fixture
-def paho(broker):
-    pool = ClientPool(broker.port)
-    yield pool
-    pool.close_all()
+from helpers_paho import V5, V31, V311, props, wait_until
 
 
 # -- an independent generator for the bytes we send and expect ----------------------------------

@@ -19,20 +19,13 @@ from conftest import RawClient
 from cymqtt._fast.codec import (
     Connect, PubAck, Publish, Subscribe, Unsubscribe, encode,
 )
-from helpers_paho import V5, V311, ClientPool, props, wait_until
+from helpers_paho import V5, V311, props, wait_until
 from paho.mqtt.packettypes import PacketTypes
 
 CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 2, 3, 4, 5, 6, 7
 SUBACK, UNSUBACK, PINGRESP, DISCONNECT = 9, 11, 13, 14
 P_SUB_ID, P_USER, P_ALIAS = 0x0B, 0x26, 0x23
 NO_LOCAL, RETAIN_AS_PUBLISHED = 0x04, 0x08
-
-
-@pytest.fixture
-def paho(broker):
-    pool = ClientPool(broker.port)
-    yield pool
-    pool.close_all()
 
 
 # -- raw helpers --------------------------------------------------------------------------------

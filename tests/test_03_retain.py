@@ -11,20 +11,13 @@ from __future__ import annotations
 import pytest
 
 from cymqtt._fast.codec import Publish, Unsubscribe
-from helpers_paho import V5, V311, ClientPool
+from helpers_paho import V5, V311
 from test_02_pubsub import (
     DISCONNECT, PUBLISH, RETAIN_AS_PUBLISHED, _str, ack_all, connect, publish,
     recv_bytes, subscribe, sync,
 )
 
 RH_SEND, RH_IF_NEW, RH_NEVER = 0x00, 0x10, 0x20     # retain handling, options bits 4-5
-
-
-@pytest.fixture
-def paho(broker):
-    pool = ClientPool(broker.port)
-    yield pool
-    pool.close_all()
 
 
 def retained_count(bt) -> int:

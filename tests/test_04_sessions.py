@@ -12,16 +12,9 @@ from paho.mqtt.packettypes import PacketTypes
 
 from cymqtt import sys_topics
 from cymqtt._fast.codec import Connect, Disconnect, PubAck, Publish, Subscribe
-from helpers_paho import V5, V311, ClientPool, props, wait_until
+from helpers_paho import V5, V311, props, wait_until
 
 PUBACK, PUBREC, PUBREL, PUBCOMP = 4, 5, 6, 7
-
-
-@pytest.fixture
-def paho(broker):
-    pool = ClientPool(broker.port)
-    yield pool
-    pool.close_all()
 
 
 def connect_raw(raw_client, client_id: str, version: int = 4, *, present: bool | None = None,

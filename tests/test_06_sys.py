@@ -12,20 +12,13 @@ import re
 import pytest
 
 from cymqtt._version import __version__
-from helpers_paho import V5, V311, ClientPool, wait_until
+from helpers_paho import V5, V311, wait_until
 from test_02_pubsub import connect, publish, subscribe, sync
 
 SYS = "$SYS/broker/"
 TOPICS = ["version", "uptime", "clients/connected", "clients/disconnected", "clients/total",
           "messages/received", "messages/sent", "publish/messages/dropped", "bytes/received",
           "bytes/sent", "subscriptions/count", "retained messages/count"]
-
-
-@pytest.fixture
-def paho(broker):
-    pool = ClientPool(broker.port)
-    yield pool
-    pool.close_all()
 
 
 def latest(client) -> dict[str, str]:

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from helpers_paho import V5, V311, ClientPool, props, wait_until
+from helpers_paho import V5, V311, props, wait_until
 from paho.mqtt.packettypes import PacketTypes
 
 pytestmark = pytest.mark.skipif(
@@ -21,13 +21,6 @@ pytestmark = pytest.mark.skipif(
     reason="mosquitto-clients (mosquitto_pub, mosquitto_sub) are not installed")
 
 VERSIONS = [pytest.param("mqttv311", id="v311"), pytest.param("mqttv5", id="v5")]
-
-
-@pytest.fixture
-def paho(broker):
-    pool = ClientPool(broker.port)
-    yield pool
-    pool.close_all()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from conftest import RawClient
 from cymqtt._fast.codec import Connect, Disconnect, Ping, PubAck, Publish, Subscribe
-from helpers_paho import V5, V311, ClientPool, PahoClient, props, wait_until
+from helpers_paho import V5, V311, PahoClient, props, wait_until
 
 PUBACK, PUBREC, PUBREL, PUBCOMP = 4, 5, 6, 7
 
@@ -40,13 +40,6 @@ WILDCARD_AVAILABLE, SUB_ID_AVAILABLE, SHARED_AVAILABLE = 0x28, 0x29, 0x2A
 
 
 # -- fixtures and helpers -----------------------------------------------------------------------
-
-@pytest.fixture
-def paho(broker):
-    pool = ClientPool(broker.port)
-    yield pool
-    pool.close_all()
-
 
 @pytest.fixture
 def raw():

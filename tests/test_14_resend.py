@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from cymqtt._fast.codec import Connect, Publish, PubAck, Subscribe
+from cymqtt._fast.codec import Connect, PubAck, Subscribe
 
 
 def _subscriber(raw_client, version):

@@ -1,8 +1,9 @@
 """Session: the per-client state that outlives a connection (EMQ's session/channel split).
 
-Subscriptions, the outbound QoS window and its queue, inbound QoS 2 ids awaiting PUBREL, the
-will, and expiry. A session knows nothing of sockets: while a client is attached, `conn` is its
-Connection, reached only through `send_publish`, `send_pubrel` and `writable`.
+Subscriptions, the outbound QoS window and its queue, inbound QoS 2 ids awaiting PUBREL, and
+expiry (the will belongs to the connection that set it). A session knows nothing of sockets:
+while a client is attached, `conn` is its Connection, reached only through `send_publish`,
+`send_pubrel`, `writable` and `unthrottle` (for the publishers it made wait).
 """
 from __future__ import annotations
 
