@@ -98,8 +98,11 @@ class Session:
             # Congested: a live client that is draining (writable socket, acks within the last
             # second) but not fast enough. A stalled one is not waited for: its queue fills and
             # drops, as with mosquitto, rather than slowing every publisher down.
-            if conn is not None and w.queued_count * 2 >= w.max_queued and conn.writable \
-                    and now - self.last_ack < 1.0:
+            # The mark is two windows (or half the queue when that is smaller): enough to keep
+            # the window full, short enough that messages do not wait long in the queue.
+            q = w.queued_count
+            if conn is not None and (q >= 2 * w.window or q * 2 >= w.max_queued) \
+                    and conn.writable and now - self.last_ack < 1.0:
                 return CONGESTED
             return 1
         return 0
@@ -124,7 +127,8 @@ class Session:
                     continue
                 # Everything release() returned is in flight now: send it all.
                 conn.send_publish(msg, qos, retain, pid, False, sub_ids, now)
-        if self.waiters is not None and w.queued_count * 4 <= w.max_queued:
+        if self.waiters is not None and w.queued_count * 2 <= w.window and \
+                w.queued_count * 4 <= w.max_queued:
             self.wake_waiters()
 
     def wake_waiters(self) -> None:
