@@ -173,3 +173,40 @@ def test_password_authentication(make_broker, version):
     assert anon.recv_packet().reason_code == (0x87 if version == 5 else 0x05)
     assert anon.closed()
     good.send_packet(Disconnect())
+
+
+class Broken(Authenticator):
+    """A buggy plug-in: its exchange raises."""
+
+    method = "BROKEN"
+
+    def start(self, client_id, username):
+        class Exchange(AuthExchange):
+            def step(self, data):
+                raise RuntimeError("plug-in bug")
+        return Exchange()
+
+
+def test_an_exception_while_serving_one_connection_closes_only_that_one(caplog):
+    """DESIGN: the broker never crashes on a client; the error is logged, that connection gets
+    0x83 (implementation specific error) and closes, everyone else goes on."""
+    bt = BrokerThread(authenticators=[Broken()], sys_interval=0)
+    try:
+        other = RawClient(bt.port, 5)
+        other.send_packet(Connect("other", version=5))
+        assert other.recv_packet().reason_code == 0
+        other.send_packet(Subscribe(1, [("t", 0)]))
+        assert other.recv_packet().name == "SUBACK"
+        bad = RawClient(bt.port, 5)
+        bad.send_packet(Connect("bad", version=5, properties={0x15: "BROKEN", 0x16: b"x"}))
+        ack = bad.recv_packet()
+        assert ack.name == "CONNACK" and ack.reason_code == 0x83
+        assert bad.closed()
+        assert "plug-in bug" in caplog.text
+        pub = RawClient(bt.port, 5)
+        pub.send_packet(Connect("pub", version=5))
+        assert pub.recv_packet().reason_code == 0
+        pub.send_packet(Publish("t", b"still here"))
+        assert other.recv_packet().payload == b"still here"
+    finally:
+        bt.stop()
