@@ -61,8 +61,9 @@ class Config:
     shared_subscription_available: bool = True
     shared_subscription_strategy: str = "round_robin"
     maximum_qos: int = 2
-    # Inbound topic aliases a client may use (MQTT 5 topic alias maximum); 0 disables.
-    topic_alias_maximum: int = 65535
+    # Inbound topic aliases a client may use (MQTT 5 topic alias maximum); 0 disables. Each
+    # holds a topic of up to 64 KiB, so this bounds what one client can make the broker keep.
+    topic_alias_maximum: int = 64
     # MQTT 5 response information sent when a client requests it; "{client_id}" is replaced.
     response_information: str | None = None
     # Refuse MQTT 5 PUBLISHes whose payload format indicator says UTF-8 but whose payload is not
