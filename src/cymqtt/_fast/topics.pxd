@@ -24,6 +24,7 @@ cdef class TopicTrie:
     cpdef list match(self, str topic)
     cpdef object get(self, str topic_filter, object key)
     cpdef list filters(self)
+    cdef _TrieNode _descend(self, list levels, Py_ssize_t n, list path)
     cdef dict _subs_of(self, str topic_filter)
 
 

@@ -142,25 +142,14 @@ cdef class TopicTrie:
         cdef Py_ssize_t n = PyList_GET_SIZE(levels)
         cdef bint hashed = levels[n - 1] == "#"
         cdef list path = []
-        cdef _TrieNode node = self._root
         cdef _TrieNode parent
-        cdef object child
         cdef str level
         cdef Py_ssize_t i
         if hashed:
             n -= 1
-        for i in range(n):
-            path.append(node)
-            level = <str>PyList_GET_ITEM(levels, i)
-            if level == "+":
-                child = node.plus
-            elif node.children is None:
-                return False
-            else:
-                child = node.children.get(level)
-            if child is None:
-                return False
-            node = <_TrieNode>child
+        cdef _TrieNode node = self._descend(levels, n, path)
+        if node is None:
+            return False
         cdef dict d = node.hash_subs if hashed else node.subs
         if d is None or key not in d:
             return False
@@ -252,18 +241,16 @@ cdef class TopicTrie:
                 PyMem_Free(stack)
         return out
 
-    cdef dict _subs_of(self, str topic_filter):
-        # The dict holding the keys subscribed with exactly `topic_filter`, or None.
-        cdef list levels = topic_filter.split("/")
-        cdef Py_ssize_t n = PyList_GET_SIZE(levels)
-        cdef bint hashed = levels[n - 1] == "#"
+    cdef _TrieNode _descend(self, list levels, Py_ssize_t n, list path):
+        # The node of the filter made of levels[:n] ("+" is the wildcard child), or None when
+        # it does not exist. With `path`, the nodes passed on the way are appended to it.
         cdef _TrieNode node = self._root
         cdef object child
         cdef str level
         cdef Py_ssize_t i
-        if hashed:
-            n -= 1
         for i in range(n):
+            if path is not None:
+                path.append(node)
             level = <str>PyList_GET_ITEM(levels, i)
             if level == "+":
                 child = node.plus
@@ -274,6 +261,16 @@ cdef class TopicTrie:
             if child is None:
                 return None
             node = <_TrieNode>child
+        return node
+
+    cdef dict _subs_of(self, str topic_filter):
+        # The dict holding the keys subscribed with exactly `topic_filter`, or None.
+        cdef list levels = topic_filter.split("/")
+        cdef Py_ssize_t n = PyList_GET_SIZE(levels)
+        cdef bint hashed = levels[n - 1] == "#"
+        cdef _TrieNode node = self._descend(levels, n - 1 if hashed else n, None)
+        if node is None:
+            return None
         return node.hash_subs if hashed else node.subs
 
     cpdef object get(self, str topic_filter, object key):
