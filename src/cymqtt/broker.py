@@ -16,8 +16,10 @@ from typing import Any
 from cymqtt._version import __version__
 from cymqtt.auth import Authenticator, ScramSha256
 from cymqtt.config import Config
-from cymqtt.connection import CONN_ACTIVE, CONN_AUTH, CONN_NEW, Connection
-from cymqtt.message import P_MESSAGE_EXPIRY, Message
+from cymqtt.connection import Connection
+from cymqtt.handlers import CONN_ACTIVE, CONN_AUTH, CONN_NEW
+from cymqtt.message import Message
+from cymqtt.props import P_MESSAGE_EXPIRY, P_SERVER_REFERENCE
 from cymqtt.router import Router
 from cymqtt.session import NEVER, Session, Will
 from cymqtt import sys_topics
@@ -113,7 +115,7 @@ class Broker:
             conn.clean_exit = True
             if redirect:
                 conn.disconnect(0x9D if self.config.redirect_permanent else 0x9C,
-                                "use another server", {0x1C: redirect})
+                                "use another server", {P_SERVER_REFERENCE: redirect})
             else:
                 conn.disconnect(0x8B, "server shutting down")
         for task in self._tasks:

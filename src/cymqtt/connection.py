@@ -16,6 +16,8 @@ from cymqtt._fast.codec import (
     ConnAck, Disconnect, FrameParser, encode, encode_ack, encode_publish,
 )
 from cymqtt import handlers
+from cymqtt.handlers import CONN_ACTIVE, CONN_CLOSING, CONN_NEW
+from cymqtt.props import P_REASON_STRING, P_TOPIC_ALIAS, PUBREL
 
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.broker import Broker
@@ -24,10 +26,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("cymqtt.connection")
 
-CONN_NEW = 0        # socket open, waiting for CONNECT
-CONN_ACTIVE = 1     # CONNACK sent
-CONN_CLOSING = 2    # closing; further input is ignored
-CONN_AUTH = 3       # CONNECT read, MQTT 5 enhanced authentication under way
 
 # MQTT 5 CONNACK reason codes -> MQTT 3.x CONNACK return codes (3.1.1 section 3.2.2.3).
 V3_CONNACK = {0x84: 0x01, 0x85: 0x02, 0x88: 0x03, 0x89: 0x03, 0x86: 0x04, 0x87: 0x05,
@@ -38,7 +36,6 @@ _monotonic = time.monotonic
 # Bytes one connection may gather in its outbox within one loop iteration before it counts as
 # unwritable (its deliveries then queue or drop under the session limits).
 OUTBOX_HIGH = 256 * 1024
-_PUBREL = 6
 
 
 class Connection(asyncio.Protocol):
@@ -244,7 +241,7 @@ class Connection(asyncio.Protocol):
         else:
             topic = ""
         props = msg.props_for(sub_ids, now) or {}
-        props[0x23] = alias
+        props[P_TOPIC_ALIAS] = alias
         frame = encode_publish(topic, msg.payload, qos, retain, dup, packet_id, props, 5)
         if topic and not (self.max_packet_out and len(frame) > self.max_packet_out):
             # The client learns the alias only from a frame it receives: one too large for it
@@ -253,7 +250,7 @@ class Connection(asyncio.Protocol):
         return frame
 
     def send_pubrel(self, packet_id: int) -> None:
-        self.send(encode_ack(_PUBREL, packet_id, 0, None, self.version))
+        self.send(encode_ack(PUBREL, packet_id, 0, None, self.version))
 
     # -- closing -------------------------------------------------------------------------------
 
@@ -267,9 +264,7 @@ class Connection(asyncio.Protocol):
                  self.peer, text, reason_code)
         version = self.parser.version or self.version
         if version == 5:
-            props = dict(props) if props else {}
-            if self.problem_info:
-                props[0x1F] = text[:200]
+            props = self._with_reason(props, text)
         if self.state != CONN_ACTIVE:
             if version == 5:
                 self.send(encode(ConnAck(False, reason_code, props), 5))
@@ -288,11 +283,17 @@ class Connection(asyncio.Protocol):
         if self.state == CONN_CLOSING:
             return
         if self.version == 5 and self.state == CONN_ACTIVE:
-            props = dict(props) if props else {}
-            if text and self.problem_info:
-                props[0x1F] = text
-            self.send(encode(Disconnect(reason_code, props or None), 5))
+            self.send(encode(Disconnect(reason_code, self._with_reason(props, text)), 5))
         self.close()
+
+    def _with_reason(self, props: dict | None, text: str | None) -> dict | None:
+        # MQTT 5: a reason string goes with the reason code unless the client asked for no
+        # problem information (request problem information 0).
+        if not text or not self.problem_info:
+            return props
+        props = dict(props) if props else {}
+        props[P_REASON_STRING] = text[:200]
+        return props
 
     def close(self) -> None:
         """Flush what is queued, then close the socket; connection_lost finishes the job."""

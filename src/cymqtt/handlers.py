@@ -15,8 +15,16 @@ from cymqtt._fast.codec import (
     Auth, ConnAck, SubAck, encode, encode_ack,
 )
 from cymqtt.auth import CONTINUE, SUCCESS, check_password
-from cymqtt._fast.consts import PacketType
 from cymqtt.message import Message
+from cymqtt.props import (
+    AUTH, CONNECT, DISCONNECT, P_ASSIGNED_CLIENT_ID, P_AUTH_DATA, P_AUTH_METHOD,
+    P_MAXIMUM_PACKET_SIZE, P_MAXIMUM_QOS, P_PAYLOAD_FORMAT, P_RECEIVE_MAXIMUM,
+    P_REQUEST_PROBLEM_INFO, P_REQUEST_RESPONSE_INFO, P_RESPONSE_INFORMATION,
+    P_RETAIN_AVAILABLE, P_SERVER_KEEP_ALIVE, P_SERVER_REFERENCE, P_SESSION_EXPIRY,
+    P_SHARED_AVAILABLE, P_SUB_ID_AVAILABLE, P_SUBSCRIPTION_ID, P_TOPIC_ALIAS,
+    P_TOPIC_ALIAS_MAXIMUM, P_WILDCARD_AVAILABLE, P_WILL_DELAY, PINGREQ, PUBACK, PUBCOMP,
+    PUBLISH, PUBREC, PUBREL, SUBACK, SUBSCRIBE, UNSUBACK, UNSUBSCRIBE,
+)
 from cymqtt.router import split_shared
 from cymqtt.session import NEVER, Session, Subscription, Will
 
@@ -25,35 +33,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("cymqtt.handlers")
 
-CONN_NEW, CONN_ACTIVE, CONN_AUTH = 0, 1, 3
+# Connection states (Connection.state). Defined here, where the rules that move between them
+# live; connection.py imports them (it depends on handlers, never the other way round).
+CONN_NEW = 0        # socket open, waiting for CONNECT
+CONN_ACTIVE = 1     # CONNACK sent
+CONN_CLOSING = 2    # closing; further input is ignored
+CONN_AUTH = 3       # CONNECT read, MQTT 5 enhanced authentication under way
 
-# Property identifiers used here.
-P_PAYLOAD_FORMAT = 0x01
-P_MESSAGE_EXPIRY = 0x02
-P_SUBSCRIPTION_ID = 0x0B
-P_SESSION_EXPIRY = 0x11
-P_ASSIGNED_CLIENT_ID = 0x12
-P_SERVER_KEEP_ALIVE = 0x13
-P_AUTH_METHOD = 0x15
-P_AUTH_DATA = 0x16
-P_REQUEST_PROBLEM_INFO = 0x17
-P_WILL_DELAY = 0x18
-P_REQUEST_RESPONSE_INFO = 0x19
-P_RESPONSE_INFORMATION = 0x1A
-P_SERVER_REFERENCE = 0x1C
-P_REASON_STRING = 0x1F
-P_RECEIVE_MAXIMUM = 0x21
-P_TOPIC_ALIAS_MAXIMUM = 0x22
-P_TOPIC_ALIAS = 0x23
-P_MAXIMUM_QOS = 0x24
-P_RETAIN_AVAILABLE = 0x25
-P_MAXIMUM_PACKET_SIZE = 0x27
-P_WILDCARD_AVAILABLE = 0x28
-P_SUB_ID_AVAILABLE = 0x29
-P_SHARED_AVAILABLE = 0x2A
-
-PUBACK, PUBREC, PUBREL, PUBCOMP = 4, 5, 6, 7
-SUBACK, UNSUBACK, PINGRESP = 9, 11, b"\xd0\x00"
+PINGRESP_FRAME = b"\xd0\x00"
 
 
 class ProtocolViolation(Exception):
@@ -429,7 +416,7 @@ def handle_unsubscribe(conn: Connection, pkt) -> None:
 def handle_pingreq(conn: Connection, pkt) -> None:
     if conn.state != CONN_ACTIVE:
         raise ProtocolViolation(0x82, "PINGREQ before CONNECT")
-    conn.send(PINGRESP)
+    conn.send(PINGRESP_FRAME)
 
 
 def handle_disconnect(conn: Connection, pkt) -> None:
@@ -476,15 +463,15 @@ def handle_unexpected(conn: Connection, pkt) -> None:
 
 
 DISPATCH = [handle_unexpected] * 16
-DISPATCH[PacketType.CONNECT] = handle_connect
-DISPATCH[PacketType.PUBLISH] = handle_publish
-DISPATCH[PacketType.PUBACK] = handle_ack
-DISPATCH[PacketType.PUBREC] = handle_ack
-DISPATCH[PacketType.PUBREL] = handle_ack
-DISPATCH[PacketType.PUBCOMP] = handle_ack
-DISPATCH[PacketType.SUBSCRIBE] = handle_subscribe
-DISPATCH[PacketType.UNSUBSCRIBE] = handle_unsubscribe
-DISPATCH[PacketType.PINGREQ] = handle_pingreq
-DISPATCH[PacketType.DISCONNECT] = handle_disconnect
-DISPATCH[PacketType.AUTH] = handle_auth
+DISPATCH[CONNECT] = handle_connect
+DISPATCH[PUBLISH] = handle_publish
+DISPATCH[PUBACK] = handle_ack
+DISPATCH[PUBREC] = handle_ack
+DISPATCH[PUBREL] = handle_ack
+DISPATCH[PUBCOMP] = handle_ack
+DISPATCH[SUBSCRIBE] = handle_subscribe
+DISPATCH[UNSUBSCRIBE] = handle_unsubscribe
+DISPATCH[PINGREQ] = handle_pingreq
+DISPATCH[DISCONNECT] = handle_disconnect
+DISPATCH[AUTH] = handle_auth
 DISPATCH = tuple(DISPATCH)

@@ -11,12 +11,10 @@ import math
 
 from cymqtt._fast.codec import encode_publish, publish_with_id
 
-# MQTT 5 properties a PUBLISH carries through the broker (topic alias and subscription
-# identifiers are per connection / per subscription and never forwarded as received).
-P_PAYLOAD_FORMAT = 0x01
-P_MESSAGE_EXPIRY = 0x02
-P_SUBSCRIPTION_ID = 0x0B
-P_TOPIC_ALIAS = 0x23
+from cymqtt.props import P_MESSAGE_EXPIRY, P_SUBSCRIPTION_ID, P_TOPIC_ALIAS
+
+# Topic alias and subscription identifiers are per connection / per subscription: a PUBLISH
+# never carries them through the broker as received.
 _NOT_FORWARDED = (P_TOPIC_ALIAS, P_SUBSCRIPTION_ID)
 
 
