@@ -19,7 +19,7 @@ from cymqtt.config import Config
 from cymqtt.connection import Connection
 from cymqtt.handlers import CONN_ACTIVE, CONN_AUTH, CONN_NEW
 from cymqtt.message import Message
-from cymqtt.props import P_MESSAGE_EXPIRY, P_SERVER_REFERENCE
+from cymqtt.props import P_SERVER_REFERENCE
 from cymqtt.router import Router
 from cymqtt.session import NEVER, Session, Will
 from cymqtt import sys_topics
@@ -154,11 +154,9 @@ class Broker:
         """Publish a message from inside the program; returns the number of deliveries."""
         if isinstance(payload, str):
             payload = payload.encode()
-        now = self.now()
-        expires_at = None
-        if properties and P_MESSAGE_EXPIRY in properties:
-            expires_at = now + properties[P_MESSAGE_EXPIRY]
-        return self.route(Message(topic, payload, qos, retain, properties, expires_at, None))
+        msg = Message(topic, payload, qos, retain, properties)
+        msg.start_expiry(self.now())
+        return self.route(msg)
 
     # -- used by connections and handlers ------------------------------------------------------
 
@@ -186,11 +184,10 @@ class Broker:
         return self._loop
 
     def route(self, msg: Message, publisher: Connection | None = None) -> int:
-        """Deliver `msg`; when it leaves connected subscribers' queues past half full, the
+        """Deliver `msg`; when it leaves draining subscribers congested (Session.deliver), the
         `publisher` stops being read until they drain (at most THROTTLE_MAX seconds)."""
-        if msg.retain:
-            if self.config.retain_available:
-                self.router.retained.store(msg)
+        if msg.retain and self.config.retain_available:
+            self.router.retained.store(msg)
         router = self.router
         n = router.publish(msg, self.now())
         if router.congested:
@@ -228,10 +225,7 @@ class Broker:
         session.wake_waiters()
         ending = session.expiry_interval == 0
         self._redispatch_shared(session, ending, now)
-        if conn.clean_exit:
-            conn.will = None
-        else:
-            self.process_will(conn, now, session_ending=ending)
+        self.process_will(conn, now, session_ending=ending)
         conn.session = None
         if ending:
             self.end_session(session, now)
@@ -258,8 +252,7 @@ class Broker:
 
     def publish_will(self, will: Will, now: float) -> None:
         msg = will.message
-        if msg.properties and P_MESSAGE_EXPIRY in msg.properties:
-            msg.expires_at = now + msg.properties[P_MESSAGE_EXPIRY]
+        msg.start_expiry(now)
         log.debug("publishing will of %s to %r", msg.sender, msg.topic)
         self.route(msg)
 

@@ -220,9 +220,7 @@ class Connection(asyncio.Protocol):
             # Too large for this client [MQTT-3.1.2-25]: dropped as if it had been delivered.
             self.broker.stats.dropped_too_large += 1
             if packet_id and self.session is not None:
-                self.session.ack(4 if qos == 1 else 5, packet_id, now)
-                if qos == 2:
-                    self.session.ack(7, packet_id, now)
+                self.session.forget(packet_id, qos, now)
             return
         self.broker.stats.messages_sent += 1
         self.send(frame)

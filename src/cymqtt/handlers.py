@@ -341,8 +341,8 @@ def handle_ack(conn: Connection, pkt) -> None:
     elif t == PUBREC:
         if pkt.reason_code >= 0x80:
             # The client refused the message: the QoS 2 flow ends here [MQTT-4.3.3-4].
-            session.ack(PUBREC, pkt.packet_id, now)
-            session.ack(PUBCOMP, pkt.packet_id, now)
+            session.last_ack = now
+            session.forget(pkt.packet_id, 2, now)
             return
         found = session.ack(PUBREC, pkt.packet_id, now)
         conn.send(encode_ack(PUBREL, pkt.packet_id, 0 if found else 0x92, None, conn.version))

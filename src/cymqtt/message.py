@@ -39,12 +39,18 @@ class Message:
     @classmethod
     def from_publish(cls, pkt, sender: str | None, now: float) -> Message:
         props = pkt.properties
-        expires_at = None
         if props:
             props = {k: v for k, v in props.items() if k not in _NOT_FORWARDED} or None
-            if props and P_MESSAGE_EXPIRY in props:
-                expires_at = now + props[P_MESSAGE_EXPIRY]
-        return cls(pkt.topic, pkt.payload, pkt.qos, pkt.retain, props, expires_at, sender)
+        msg = cls(pkt.topic, pkt.payload, pkt.qos, pkt.retain, props, None, sender)
+        if props:
+            msg.start_expiry(now)
+        return msg
+
+    def start_expiry(self, now: float) -> None:
+        """Start the MQTT 5 message expiry interval, if the message has one, at `now` (when it
+        is published: a will's runs from the moment the will is sent)."""
+        if self.properties and P_MESSAGE_EXPIRY in self.properties:
+            self.expires_at = now + self.properties[P_MESSAGE_EXPIRY]
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
@@ -54,10 +60,9 @@ class Message:
         """This message as a PUBLISH for one subscriber."""
         v5 = version == 5
         if sub_ids or (v5 and self.expires_at is not None):
-            return encode_publish(self.topic, self.payload, qos, retain, dup, packet_id or 1,
-                                  self.props_for(sub_ids, now), 5) if qos else \
-                encode_publish(self.topic, self.payload, 0, retain, False, 0,
-                               self.props_for(sub_ids, now), 5)
+            # Per-subscriber properties: built for this delivery, not cached.
+            return encode_publish(self.topic, self.payload, qos, retain, dup and qos > 0,
+                                  packet_id if qos else 0, self.props_for(sub_ids, now), 5)
         key = (v5, qos, retain)
         frames = self._frames
         if frames is None:

@@ -32,6 +32,11 @@ def split_shared(full_filter: str) -> tuple[str | None, str]:
 MATCH_CACHE_SIZE = 10_000
 
 
+def _trie_key(sub: Subscription):
+    # One trie entry per (filter, client); a shared subscription's key carries its group.
+    return sub.session.client_id if sub.group is None else (sub.group, sub.session.client_id)
+
+
 class Router:
     """Delivery of published messages to matching sessions."""
 
@@ -54,14 +59,12 @@ class Router:
 
     def subscribe(self, sub: Subscription) -> bool:
         """Add or replace; True when the subscription is new."""
-        key = sub.session.client_id if sub.group is None else (sub.group, sub.session.client_id)
         self._matches.clear()
-        return self.trie.subscribe(sub.topic_filter, key, sub)
+        return self.trie.subscribe(sub.topic_filter, _trie_key(sub), sub)
 
     def unsubscribe(self, sub: Subscription) -> bool:
-        key = sub.session.client_id if sub.group is None else (sub.group, sub.session.client_id)
         self._matches.clear()
-        return self.trie.unsubscribe(sub.topic_filter, key)
+        return self.trie.unsubscribe(sub.topic_filter, _trie_key(sub))
 
     def remove_session(self, session: Session) -> None:
         for sub in session.subscriptions.values():
@@ -94,10 +97,7 @@ class Router:
             qos = sub.qos if sub.qos < msg.qos else msg.qos
             retain = msg.retain and sub.retain_as_published
             ids = [sub.sub_id] if sub.sub_id else None
-            r = sub.session.deliver(msg, qos, retain, ids, now)
-            if r == CONGESTED:
-                self.congested.append(sub.session)
-            return 1 if r else 0
+            return self._deliver(sub.session, msg, qos, retain, ids, now)
         # Several matches: one delivery per session at the highest QoS of its matching
         # subscriptions, carrying all their identifiers [MQTT-3.3.4-2, MQTT-3.3.4-3].
         per_session: dict = {}
@@ -128,11 +128,8 @@ class Router:
         n = 0
         mq = msg.qos
         for session, (qos, rap, ids) in per_session.items():
-            r = session.deliver(msg, qos if qos < mq else mq, msg.retain and rap, ids, now)
-            if r:
-                n += 1
-                if r == CONGESTED:
-                    self.congested.append(session)
+            n += self._deliver(session, msg, qos if qos < mq else mq, msg.retain and rap, ids,
+                               now)
         if shared:
             n += self._deliver_shared(shared, msg, now)
         return n
@@ -144,12 +141,16 @@ class Router:
             if sub is not None:
                 qos = sub.qos if sub.qos < msg.qos else msg.qos
                 ids = [sub.sub_id] if sub.sub_id else None
-                r = sub.session.deliver(msg, qos, False, ids, now, key)
-                if r:
-                    n += 1
-                    if r == CONGESTED:
-                        self.congested.append(sub.session)
+                n += self._deliver(sub.session, msg, qos, False, ids, now, key)
         return n
+
+    def _deliver(self, session: Session, msg: Message, qos: int, retain: bool,
+                 ids: list | None, now: float, shared: tuple | None = None) -> int:
+        # 1 when delivered (sent or queued), 0 when dropped; notes sessions left congested.
+        r = session.deliver(msg, qos, retain, ids, now, shared)
+        if r == CONGESTED:
+            self.congested.append(session)
+        return 1 if r else 0
 
     def redispatch(self, qos: int, item: tuple, leaving: Session, now: float) -> bool:
         """Give a shared-subscription message that `leaving` did not acknowledge to another

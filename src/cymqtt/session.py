@@ -10,12 +10,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cymqtt._fast.inflight import AWAIT_PUBCOMP, InboundQoS2, OutboundWindow
+from cymqtt.props import PUBACK, PUBREC
 
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.message import Message
 
 NEVER = 0xFFFFFFFF
-CONGESTED = 2      # Session.deliver: queued, and the queue is past half its limit
+CONGESTED = 2      # Session.deliver: queued, and the client is not keeping up (see deliver)
+
+
+def _end_flight(w: OutboundWindow, pid: int, qos: int) -> bool:
+    # Free `pid` from the window without its client's acknowledgements.
+    if qos == 1:
+        return w.puback(pid)
+    w.pubrec(pid)
+    return w.pubcomp(pid)
 
 
 class Subscription:
@@ -122,7 +131,7 @@ class Session:
                 msg, retain, sub_ids, _ = item
                 if msg.expired(now):
                     if pid:
-                        w.puback(pid) if qos == 1 else (w.pubrec(pid), w.pubcomp(pid))
+                        _end_flight(w, pid, qos)
                     expired = True
                     continue
                 # Everything release() returned is in flight now: send it all.
@@ -164,15 +173,26 @@ class Session:
             else:
                 conn.send_publish(msg, qos, retain, pid, True, sub_ids, now)
 
+    def forget(self, pid: int, qos: int, now: float) -> bool:
+        """End `pid`'s flow as if the client had completed it: a message too large for the
+        client, or one it refused (MQTT 5 PUBREC >= 0x80 [MQTT-4.3.3-4])."""
+        w = self.window
+        if w is None or not _end_flight(w, pid, qos):
+            return False
+        if w.queued_count:
+            self.release(now)
+        return True
+
     def ack(self, kind: int, pid: int, now: float) -> bool:
-        """PUBACK (4), PUBREC (5) or PUBCOMP (7) from the client; False if unknown."""
+        """PUBACK, PUBREC or PUBCOMP (`kind`, a packet type) from the client; False if the id
+        is unknown or in another state."""
         w = self.window
         if w is None:
             return False
         self.last_ack = now
-        if kind == 4:
+        if kind == PUBACK:
             ok = w.puback(pid)
-        elif kind == 5:
+        elif kind == PUBREC:
             return w.pubrec(pid)
         else:
             ok = w.pubcomp(pid)
