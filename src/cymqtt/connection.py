@@ -106,10 +106,11 @@ class Connection(asyncio.Protocol):
         self._dispatch(packets)
 
     def _dispatch(self, packets: list) -> None:
-        dispatch = handlers.DISPATCH
+        active = handlers.DISPATCH
+        early = handlers.DISPATCH_EARLY
         for i, pkt in enumerate(packets):
             try:
-                dispatch[pkt.type](self, pkt)
+                (active if self.state == CONN_ACTIVE else early)[pkt.type](self, pkt)
             except handlers.ProtocolViolation as exc:
                 self.fail(exc.reason_code, str(exc), exc.props)
             except Exception:

@@ -249,8 +249,6 @@ def _make_will(conn: Connection, pkt, now: float) -> Will:
 # -- PUBLISH and its acknowledgements -----------------------------------------------------------
 
 def handle_publish(conn: Connection, pkt) -> None:
-    if conn.state != CONN_ACTIVE:
-        raise ProtocolViolation(0x82, "PUBLISH before CONNECT")
     broker = conn.broker
     qos = pkt.qos
     topic = pkt.topic
@@ -330,8 +328,6 @@ def _resolve_alias(conn: Connection, alias: int, topic: str) -> str:
 
 def handle_ack(conn: Connection, pkt) -> None:
     """PUBACK, PUBREC and PUBCOMP for messages we sent; PUBREL for a QoS 2 message we got."""
-    if conn.state != CONN_ACTIVE:
-        raise ProtocolViolation(0x82, f"{pkt.name} before CONNECT")
     t = pkt.type
     session = conn.session
     now = conn.broker.now()
@@ -353,8 +349,6 @@ def handle_ack(conn: Connection, pkt) -> None:
 # -- SUBSCRIBE / UNSUBSCRIBE --------------------------------------------------------------------
 
 def handle_subscribe(conn: Connection, pkt) -> None:
-    if conn.state != CONN_ACTIVE:
-        raise ProtocolViolation(0x82, "SUBSCRIBE before CONNECT")
     broker = conn.broker
     config = broker.config
     session = conn.session
@@ -396,8 +390,6 @@ def handle_subscribe(conn: Connection, pkt) -> None:
 
 
 def handle_unsubscribe(conn: Connection, pkt) -> None:
-    if conn.state != CONN_ACTIVE:
-        raise ProtocolViolation(0x82, "UNSUBSCRIBE before CONNECT")
     session = conn.session
     router = conn.broker.router
     codes = []
@@ -414,8 +406,6 @@ def handle_unsubscribe(conn: Connection, pkt) -> None:
 # -- the rest -----------------------------------------------------------------------------------
 
 def handle_pingreq(conn: Connection, pkt) -> None:
-    if conn.state != CONN_ACTIVE:
-        raise ProtocolViolation(0x82, "PINGREQ before CONNECT")
     conn.send(PINGRESP_FRAME)
 
 
@@ -461,6 +451,18 @@ def handle_auth(conn: Connection, pkt) -> None:
 def handle_unexpected(conn: Connection, pkt) -> None:
     raise ProtocolViolation(0x82, f"a client must not send {pkt.name}")
 
+
+def handle_before_connect(conn: Connection, pkt) -> None:
+    raise ProtocolViolation(0x82, f"{pkt.name} before CONNECT [MQTT-3.1.0-1]")
+
+
+# Handlers by packet type: DISPATCH once CONNACK is sent, DISPATCH_EARLY before that (CONNECT,
+# the AUTH exchange, and DISCONNECT only), so no handler checks the state itself.
+DISPATCH_EARLY = [handle_before_connect] * 16
+DISPATCH_EARLY[CONNECT] = handle_connect
+DISPATCH_EARLY[AUTH] = handle_auth
+DISPATCH_EARLY[DISCONNECT] = handle_disconnect
+DISPATCH_EARLY = tuple(DISPATCH_EARLY)
 
 DISPATCH = [handle_unexpected] * 16
 DISPATCH[CONNECT] = handle_connect
