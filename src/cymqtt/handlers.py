@@ -182,14 +182,8 @@ def _complete_connect(conn: Connection, pkt, assigned: str | None,
     broker.offline.pop(client_id, None)
     session.expiry_interval = expiry
     session.requested_expiry = props.get(P_SESSION_EXPIRY, 0) if version == 5 else expiry
-    session.expires_at = None
-    session.version = version
-    session.conn = conn
+    session.attach(conn, version)
     conn.session = session
-    if session.window is not None:
-        session.window.receive_maximum = conn.receive_maximum
-    if version == 5 and conn.receive_maximum != 65535 and session.window is None:
-        session._window().receive_maximum = conn.receive_maximum
 
     if pkt.will_topic is not None:
         conn.will = _make_will(conn, pkt, now)

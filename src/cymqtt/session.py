@@ -59,7 +59,8 @@ class Will:
 
 class Session:
     __slots__ = ("client_id", "subscriptions", "window", "inbound", "conn", "expiry_interval",
-                 "requested_expiry", "expires_at", "version", "waiters", "last_ack", "_config",
+                 "requested_expiry", "expires_at", "version", "waiters", "last_ack",
+                 "receive_maximum", "_config",
                  "__weakref__")
 
     def __init__(self, client_id: str, config) -> None:
@@ -74,15 +75,26 @@ class Session:
         self.version = 4
         self.waiters: set | None = None     # publishers throttled until our queue drains
         self.last_ack = 0.0                 # when the client last acknowledged a message
+        self.receive_maximum = 65535        # the attached client's (MQTT 5), for the window
         self._config = config
 
     # -- outbound ------------------------------------------------------------------------------
+
+    def attach(self, conn, version: int) -> None:
+        """A client (re)connected to this session."""
+        self.conn = conn
+        self.version = version
+        self.expires_at = None
+        self.receive_maximum = conn.receive_maximum
+        if self.window is not None:
+            self.window.receive_maximum = conn.receive_maximum
 
     def _window(self) -> OutboundWindow:
         w = self.window
         if w is None:
             c = self._config
             w = self.window = OutboundWindow(c.max_inflight, c.max_queued, c.queue_qos0)
+            w.receive_maximum = self.receive_maximum
         return w
 
     def deliver(self, msg: Message, qos: int, retain: bool, sub_ids: list | None,
