@@ -15,116 +15,16 @@ import time
 
 import pytest
 
-from conftest import RawClient
+from _testbase import RawClient
 from cymqtt._fast.codec import (
     Connect, PubAck, Publish, Subscribe, Unsubscribe, encode,
 )
 from helpers_paho import V5, V311, props, wait_until
+from mqtt_bytes import (
+    DISCONNECT, NO_LOCAL, P_ALIAS, P_SUB_ID, P_USER, PUBACK, PUBCOMP, PUBREC, PUBREL,
+    RETAIN_AS_PUBLISHED, ack_all, connect, mqtt_str, publish, recv_bytes, subscribe, sync,
+)
 from paho.mqtt.packettypes import PacketTypes
-
-CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 2, 3, 4, 5, 6, 7
-SUBACK, UNSUBACK, PINGRESP, DISCONNECT = 9, 11, 13, 14
-P_SUB_ID, P_USER, P_ALIAS = 0x0B, 0x26, 0x23
-NO_LOCAL, RETAIN_AS_PUBLISHED = 0x04, 0x08
-
-
-# -- raw helpers --------------------------------------------------------------------------------
-
-def connect(raw_client, client_id: str, version: int = 4, **kw) -> RawClient:
-    c = raw_client(version)
-    c.send_packet(Connect(client_id, version=version, **kw))
-    ack = c.recv_packet()
-    assert ack is not None and ack.type == CONNACK and ack.reason_code == 0, ack
-    c.connack = ack
-    return c
-
-
-def subscribe(c: RawClient, *topics, pid: int = 1, properties: dict | None = None) -> list:
-    """SUBSCRIBE (filter, options) pairs; returns the SUBACK reason codes."""
-    c.send_packet(Subscribe(pid, list(topics), properties))
-    ack = c.recv_packet()
-    assert ack is not None and ack.type == SUBACK and ack.packet_id == pid, ack
-    return ack.reason_codes
-
-
-def sync(c: RawClient) -> list:
-    """Every packet the broker sent `c` before answering a PINGREQ sent now."""
-    c.send(b"\xc0\x00")
-    out = _stash(c)
-    while True:
-        p = c.recv_packet()
-        assert p is not None, f"connection closed; got {out}"
-        if p.type == PINGRESP:
-            return out
-        out.append(p)
-
-
-def _stash(c: RawClient) -> list:
-    """PUBLISHes that reached a client while it waited for an acknowledgement of its own."""
-    if not hasattr(c, "stash"):
-        c.stash = []
-    out, c.stash = c.stash, []
-    return out
-
-
-def _recv_not_publish(c: RawClient):
-    while True:
-        p = c.recv_packet()
-        if p is None or p.type != PUBLISH:
-            return p
-        if not hasattr(c, "stash"):
-            c.stash = []
-        c.stash.append(p)
-
-
-def publish(c: RawClient, topic: str, payload: bytes = b"x", qos: int = 0, pid: int = 1,
-            retain: bool = False, properties: dict | None = None):
-    """PUBLISH and wait until the broker has routed it (PUBACK, PUBREC+PUBCOMP or PINGRESP);
-    returns the PUBACK / PUBREC packet (None for QoS 0)."""
-    c.send_packet(Publish(topic, payload, qos, retain, packet_id=pid if qos else 0,
-                          properties=properties))
-    if qos == 0:
-        c.stash = _stash(c) + sync(c)
-        return None
-    ack = _recv_not_publish(c)
-    assert ack is not None and ack.type == (PUBACK if qos == 1 else PUBREC), ack
-    assert ack.packet_id == pid
-    if qos == 2 and ack.reason_code < 0x80:
-        c.send_packet(PubAck(PUBREL, pid))
-        comp = _recv_not_publish(c)
-        assert comp is not None and comp.type == PUBCOMP and comp.packet_id == pid, comp
-    return ack
-
-
-def ack_all(c: RawClient, packets: list) -> None:
-    """Acknowledge received QoS 1 / 2 PUBLISHes completely."""
-    for p in packets:
-        if p.type == PUBLISH and p.qos == 1:
-            c.send_packet(PubAck(PUBACK, p.packet_id))
-        elif p.type == PUBLISH and p.qos == 2:
-            c.send_packet(PubAck(PUBREC, p.packet_id))
-            rel = _recv_not_publish(c)
-            assert rel is not None and rel.type == PUBREL and rel.packet_id == p.packet_id
-            c.send_packet(PubAck(PUBCOMP, p.packet_id))
-
-
-def recv_bytes(c: RawClient, n: int, timeout: float = 5.0) -> bytes:
-    """Exactly `n` bytes off the socket (for byte-exact expectations)."""
-    assert not c.pending and not c.parser.buffered
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while len(buf) < n:
-        c.sock.settimeout(max(0.01, deadline - time.monotonic()))
-        data = c.sock.recv(n - len(buf))
-        if not data:
-            break
-        buf += data
-    return buf
-
-
-def _str(s: str) -> bytes:
-    b = s.encode()
-    return len(b).to_bytes(2, "big") + b
 
 
 # -- QoS flows, byte-exact ----------------------------------------------------------------------
@@ -132,7 +32,7 @@ def _str(s: str) -> bytes:
 def test_publisher_qos1_gets_exact_puback(broker, raw_client):
     """MQTT-3.3.4-1 / MQTT-4.3.2-2: a QoS 1 PUBLISH is answered with PUBACK carrying its id."""
     c = connect(raw_client, "pub")
-    c.send(b"\x32\x08" + _str("q/1") + b"\x00\x07" + b"x")
+    c.send(b"\x32\x08" + mqtt_str("q/1") + b"\x00\x07" + b"x")
     assert recv_bytes(c, 4) == b"\x40\x02\x00\x07"
 
 
@@ -140,7 +40,7 @@ def test_publisher_qos2_gets_exact_pubrec_then_pubcomp(broker, raw_client):
     """3.1.1 MQTT-4.3.3-2 (5.0 MQTT-4.3.3-8, -11): PUBLISH QoS 2 -> PUBREC; PUBREL -> PUBCOMP,
     each with the packet id of the PUBLISH."""
     c = connect(raw_client, "pub")
-    c.send(b"\x34\x08" + _str("q/2") + b"\x00\x09" + b"x")
+    c.send(b"\x34\x08" + mqtt_str("q/2") + b"\x00\x09" + b"x")
     assert recv_bytes(c, 4) == b"\x50\x02\x00\x09"
     c.send(b"\x62\x02\x00\x09")
     assert recv_bytes(c, 4) == b"\x70\x02\x00\x09"
@@ -150,18 +50,18 @@ def test_v5_publisher_qos1_no_subscribers_gets_puback_0x10_then_success(broker, 
     """MQTT 5 section 3.4.2.1: PUBACK reason 0x10 (No matching subscribers); with a subscriber
     the reason is 0x00, which may be left out (remaining length 2)."""
     c = connect(raw_client, "pub", 5)
-    c.send(b"\x32\x09" + _str("q/1") + b"\x00\x01" + b"\x00" + b"x")
+    c.send(b"\x32\x09" + mqtt_str("q/1") + b"\x00\x01" + b"\x00" + b"x")
     assert recv_bytes(c, 5) == b"\x40\x03\x00\x01\x10"
     s = connect(raw_client, "sub", 5)
     subscribe(s, ("q/1", 1))
-    c.send(b"\x32\x09" + _str("q/1") + b"\x00\x02" + b"\x00" + b"x")
+    c.send(b"\x32\x09" + mqtt_str("q/1") + b"\x00\x02" + b"\x00" + b"x")
     assert recv_bytes(c, 4) == b"\x40\x02\x00\x02"
 
 
 def test_v311_publisher_qos1_no_subscribers_gets_plain_puback(broker, raw_client):
     """MQTT 3.1.1 section 3.4: PUBACK has no reason code, subscribers or not."""
     c = connect(raw_client, "pub")
-    c.send(b"\x32\x08" + _str("q/1") + b"\x00\x01" + b"x")
+    c.send(b"\x32\x08" + mqtt_str("q/1") + b"\x00\x01" + b"x")
     assert recv_bytes(c, 4) == b"\x40\x02\x00\x01"
 
 
@@ -191,7 +91,7 @@ def test_delivery_bytes_at_min_qos(broker, raw_client, pub_qos, sub_qos):
     p = connect(raw_client, "pub")
     publish(p, "m/t", b"hi", pub_qos)
     q = min(pub_qos, sub_qos)
-    body = _str("m/t") + (b"\x00\x01" if q else b"") + b"hi"
+    body = mqtt_str("m/t") + (b"\x00\x01" if q else b"") + b"hi"
     expected = bytes([0x30 | (q << 1), len(body)]) + body
     assert recv_bytes(s, len(expected)) == expected
     if q == 1:
@@ -214,7 +114,7 @@ def test_v5_subscriber_qos2_flow_exact(broker, raw_client):
     subscribe(s, ("q/2", 2))
     p = connect(raw_client, "pub", 5)
     publish(p, "q/2", b"hi", 2, pid=300)
-    body = _str("q/2") + b"\x00\x01" + b"\x00" + b"hi"
+    body = mqtt_str("q/2") + b"\x00\x01" + b"\x00" + b"hi"
     assert recv_bytes(s, 2 + len(body)) == bytes([0x34, len(body)]) + body
     s.send(b"\x50\x02\x00\x01")
     assert recv_bytes(s, 4) == b"\x62\x02\x00\x01"

@@ -2,7 +2,7 @@
 
 Set, replace, delete, delivery to new subscribers (retain flag 1, QoS min(message, subscription)),
 live forwarding (retain flag 0 unless Retain As Published), MQTT 5 Retain Handling, shared
-subscriptions. Raw-socket helpers come from test_02_pubsub (`sync` = everything sent before the
+subscriptions. Raw-socket helpers come from mqtt_bytes.py (`sync` = everything sent before the
 PINGRESP to a PINGREQ sent now, so "nothing else arrived" needs no sleep).
 Spec references: MQTT 3.1.1 (OASIS, 2014) and MQTT 5.0 (OASIS, 2019).
 """
@@ -12,8 +12,8 @@ import pytest
 
 from cymqtt._fast.codec import Publish, Unsubscribe
 from helpers_paho import V5, V311
-from test_02_pubsub import (
-    DISCONNECT, PUBLISH, RETAIN_AS_PUBLISHED, _str, ack_all, connect, publish,
+from mqtt_bytes import (
+    DISCONNECT, PUBLISH, RETAIN_AS_PUBLISHED, ack_all, connect, mqtt_str, publish,
     recv_bytes, subscribe, sync,
 )
 
@@ -30,8 +30,8 @@ def test_new_subscriber_gets_retained_with_flag_exact(broker, raw_client):
     p = connect(raw_client, "pub")
     publish(p, "r/t", b"keep", 0, retain=True)
     s = connect(raw_client, "sub")
-    s.send(b"\x82\x08\x00\x01" + _str("r/t") + b"\x00")
-    body = _str("r/t") + b"keep"
+    s.send(b"\x82\x08\x00\x01" + mqtt_str("r/t") + b"\x00")
+    body = mqtt_str("r/t") + b"keep"
     expected = b"\x90\x03\x00\x01\x00" + bytes([0x31, len(body)]) + body
     assert recv_bytes(s, len(expected)) == expected
     assert sync(s) == []

@@ -13,7 +13,7 @@ import pytest
 
 from cymqtt._version import __version__
 from helpers_paho import V5, V311, wait_until
-from test_02_pubsub import connect, publish, subscribe, sync
+from mqtt_bytes import connect, publish, subscribe, sync
 
 SYS = "$SYS/broker/"
 TOPICS = ["version", "uptime", "clients/connected", "clients/disconnected", "clients/total",

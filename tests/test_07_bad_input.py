@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_02_pubsub import (
+from mqtt_bytes import (
     CONNACK, DISCONNECT, PUBACK, PUBCOMP, PUBREL, ack_all, connect, publish, subscribe, sync,
 )
 

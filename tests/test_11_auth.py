@@ -7,7 +7,7 @@ import pytest
 
 from cymqtt._fast.codec import Auth, Connect, Disconnect, Publish, Subscribe
 from cymqtt.auth import AuthExchange, Authenticator, AuthStep, scram_client_proof
-from conftest import BrokerThread, RawClient
+from _testbase import BrokerThread, RawClient
 
 USERS = {"alice": "wonderland", "bob": "builder"}
 SCRAM = "SCRAM-SHA-256"

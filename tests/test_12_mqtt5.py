@@ -24,7 +24,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from conftest import RawClient
+from _testbase import RawClient
 from cymqtt._fast.codec import Connect, Disconnect, Ping, PubAck, Publish, Subscribe
 from helpers_paho import V5, V311, PahoClient, props, wait_until
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from cymqtt._fast.codec import Connect, PubAck, Publish, Subscribe, encode
-from conftest import RawClient
+from _testbase import RawClient
 
 
 def _acking_subscriber(port: int, received: list, stop: threading.Event) -> RawClient:

@@ -4,7 +4,7 @@ import gc
 import time
 
 from cymqtt._fast.codec import Connect, Disconnect, Publish, Subscribe
-from conftest import RawClient
+from _testbase import RawClient
 
 
 def test_connect_subscribe_leave_cycles_leave_no_state(broker):

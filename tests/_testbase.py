@@ -1,0 +1,119 @@
+"""What the broker tests share besides fixtures: a broker on its own thread and a raw MQTT socket.
+
+`BrokerThread` runs a Broker on its own event loop (asyncio or uvloop) in a daemon thread; tests
+read its state through `call(fn)`, which runs `fn` on the broker's loop. `RawClient` speaks MQTT
+bytes over a socket for byte-exact and hostile-input tests. conftest.py builds its fixtures from
+these; test modules import them from here (never from conftest).
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Callable
+
+from cymqtt._fast.codec import FrameParser, encode
+
+
+class BrokerThread:
+    """A Broker running on its own loop in a daemon thread."""
+
+    def __init__(self, loop_kind: str = "asyncio", **overrides: Any) -> None:
+        from cymqtt.broker import Broker
+
+        overrides.setdefault("port", 0)
+        overrides.setdefault("host", "127.0.0.1")
+        overrides.setdefault("sys_interval", 0)
+        self.broker = Broker(**overrides)
+        if loop_kind == "uvloop":
+            import uvloop
+            self.loop = uvloop.new_event_loop()
+        else:
+            self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
+                                        name="cymqtt-test-broker")
+        self._thread.start()
+        self.run(self.broker.start())
+        self.host = "127.0.0.1"
+        self.port = self.broker.port
+
+    def run(self, coro, timeout: float = 10.0):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
+        fut: Future = Future()
+
+        def go() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # pragma: no cover - reported to the test
+                fut.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(go)
+        return fut.result(timeout)
+
+    def sweep(self, advance: float = 0.0) -> None:
+        """Run the broker's timed rules as if `advance` seconds had passed."""
+        self.call(lambda: self.broker.sweep(self.broker.now() + advance))
+
+    def stop(self) -> None:
+        try:
+            self.run(self.broker.stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+            self.loop.close()
+
+
+class RawClient:
+    """A socket speaking MQTT bytes, for byte-exact and hostile-input tests."""
+
+    def __init__(self, port: int, version: int = 4, timeout: float = 5.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.parser = FrameParser(version)
+        self.pending: list = []
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send_packet(self, packet) -> None:
+        self.send(encode(packet, self.parser.version))
+
+    def recv_packet(self, timeout: float = 5.0):
+        """The next packet; None when the broker closed the connection."""
+        deadline = time.monotonic() + timeout
+        while not self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no packet from the broker")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                return None
+            if not data:
+                return None
+            self.pending.extend(self.parser.feed(data))
+            assert self.parser.error is None, self.parser.error
+        return self.pending.pop(0)
+
+    def closed(self, timeout: float = 5.0) -> bool:
+        """True when the broker closes the socket within `timeout` (packets are skipped)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                return False
+            except ConnectionResetError:
+                return True
+            if not data:
+                return True
+            self.pending.extend(self.parser.feed(data))
+        return False
+
+    def close(self) -> None:
+        self.sock.close()
