@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from _testbase import BrokerThread, RawClient
+from cymqtt._fast.codec import Connect
 
 
 def pytest_addoption(parser):
@@ -60,6 +61,31 @@ def raw_client(broker):
 
     yield make
     for c in clients:
+        c.close()
+
+
+@pytest.fixture
+def raw():
+    """raw(port, client_id, properties=..., expect=0) -> a RawClient past its MQTT 5 CONNACK
+    (`.connack`); expect=None accepts any CONNACK."""
+    made: list[RawClient] = []
+
+    def make(port: int, client_id: str, properties: dict | None = None, *,
+             clean_start: bool = True, keepalive: int = 60, expect: int | None = 0,
+             **connect_kw) -> RawClient:
+        c = RawClient(port, 5)
+        made.append(c)
+        c.send_packet(Connect(client_id, version=5, clean_start=clean_start,
+                              keepalive=keepalive, properties=properties, **connect_kw))
+        ack = c.recv_packet()
+        assert ack is not None and ack.name == "CONNACK", f"expected CONNACK, got {ack!r}"
+        if expect is not None:
+            assert ack.reason_code == expect, f"CONNACK reason 0x{ack.reason_code:02X}"
+        c.connack = ack
+        return c
+
+    yield make
+    for c in made:
         c.close()
 
 
