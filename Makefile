@@ -12,7 +12,7 @@ run: build
 # The whole suite on the asyncio loop, then the broker tests again on uvloop (what `cymqtt` runs).
 test: build tools
 	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
-	$(PY) -m pytest -q -p no:cacheprovider --loop=uvloop --ignore=tests/fast $(ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider --loop=uvloop --ignore=tests/fast --ignore=tests/protocol $(ARGS)
 
 # cymqtt beside mosquitto, every scenario (about 10 minutes): writes benchmarks/results/<date>.md
 # (ARGS="--quick" for 4 s scenarios), after the compiled-core microbenchmarks.

@@ -1,5 +1,6 @@
-"""The broker's per-message path without sockets: Connection.data_received -> parser ->
-handlers -> router -> session -> outbox, with in-memory transports.
+"""The broker's per-message path without sockets: net.Connection.data_received ->
+ClientProtocol (parser, handlers) -> router -> session -> outbox -> flush, with in-memory
+transports.
 
 This isolates the Python work per message that sits on top of the socket floor (DESIGN.md
 "What costs is per-message Python work"), so changes to handlers/router/session/message can be
@@ -15,7 +16,7 @@ import pytest
 
 from cymqtt._fast.codec import Connect, Subscribe, encode, encode_publish
 from cymqtt.broker import Broker
-from cymqtt.connection import Connection
+from cymqtt.net.connection import Connection
 
 N = 1000
 
@@ -52,7 +53,9 @@ class Rig:
     def __init__(self, pairs: int, qos: int, version: int = 4) -> None:
         self.loop = asyncio.new_event_loop()
         self.broker = Broker(sys_interval=0)
-        self.broker._loop = self.loop
+        # The broker's own listener set, on this loop, without binding a socket.
+        self.listeners = self.broker._listeners
+        self.listeners.bind_loop(self.loop)
         self.pubs = []
         for i in range(pairs):
             sub = self._connect(f"sub{i}", version)
@@ -63,7 +66,7 @@ class Rig:
         self._drain()
 
     def _connect(self, client_id: str, version: int) -> Connection:
-        conn = Connection(self.broker)
+        conn = self.listeners.make_connection()
         conn.connection_made(NullTransport())
         conn.data_received(encode(Connect(client_id, version=version)))
         return conn
@@ -79,21 +82,21 @@ class Rig:
                         for k in range(N))
 
     def run(self, chunks, qos: int) -> None:
-        sent = self.broker.stats.messages_sent
+        sent = self.broker.stats()["messages_sent"]
         for (pub, sub), chunk in zip(self.pubs, chunks):
             pub.data_received(chunk)
-            w = sub.session.window
+            w = sub.protocol.session.window
             while True:
                 if qos and w is not None and w.inflight_count:
                     # the subscriber acknowledges the window; acks release the queue behind it
                     sub.data_received(b"".join(b"\x40\x02" + pid.to_bytes(2, "big")
                                                for pid, _, _, _ in w.resend()))
-                elif pub.pending is not None:
+                elif pub.protocol.pending is not None:
                     self._drain()      # the publisher was throttled: let it go on
                 else:
                     break
         self._drain()
-        assert self.broker.stats.messages_sent - sent == len(chunks) * N
+        assert self.broker.stats()["messages_sent"] - sent == len(chunks) * N
 
     def close(self) -> None:
         self.loop.close()
@@ -104,7 +107,7 @@ def test_p2p_path(benchmark, qos):
     rig = Rig(pairs=10, qos=qos)
     chunks = [rig.chunk(i, qos) for i in range(10)]
     benchmark(rig.run, chunks, qos)
-    assert sum(s.session.dropped for _, s in rig.pubs) == 0
+    assert sum(s.protocol.session.dropped for _, s in rig.pubs) == 0
     per_round = 10 * N
     mean = benchmark.stats.stats.mean
     benchmark.extra_info["messages_per_s"] = per_round / mean

@@ -87,8 +87,8 @@ def unfenced(c: PahoClient) -> list:
 def offline(bt, client_id: str) -> None:
     """Wait until the broker has handled the loss of `client_id`'s connection."""
     def gone():
-        return bt.call(lambda: all(c.client_id != client_id or c.session is None
-                                   for c in bt.broker.connections))
+        s = bt.call(lambda: bt.broker.session(client_id))
+        return s is None or not bt.call(lambda: s.connected)
     wait_until(gone, what=f"{client_id} to be seen offline")
 
 

@@ -149,7 +149,7 @@ def test_v311_connect_reserved_flag_closes(broker, raw_client):
     c.send(gen_connect("resv4", 4, flags=0x03))
     assert c.closed()
     assert not any(p.name == "CONNACK" and p.reason_code == 0 for p in c.pending)
-    assert broker.call(lambda: "resv4" not in broker.broker.sessions)
+    assert broker.call(lambda: "resv4" not in broker.broker.session_ids())
 
 
 def test_v311_empty_client_id_clean_session_is_assigned(broker, raw_client, paho):
@@ -158,14 +158,14 @@ def test_v311_empty_client_id_clean_session_is_assigned(broker, raw_client, paho
     c = raw_client(4)
     c.send(gen_connect("", 4, flags=0x02))
     assert recv_exact(c, 4) == gen_connack(0)
-    ids = broker.call(lambda: list(broker.broker.sessions))
+    ids = broker.call(lambda: broker.broker.session_ids())
     assert len(ids) == 1 and ids[0]
     # Two anonymous clients get different identifiers and both work.
     p = paho("", V311)
     assert p.subscribe("anon/t", 1) == [1]
     p.publish("anon/t", b"x", qos=1)
     assert p.wait_messages(1)[0].payload == b"x"
-    ids = broker.call(lambda: list(broker.broker.sessions))
+    ids = broker.call(lambda: broker.broker.session_ids())
     assert len(set(ids)) == 2 and all(ids)
 
 
@@ -195,7 +195,7 @@ def test_v5_empty_client_id_gets_assigned_identifier(broker, raw_client, paho):
     assert ack.reason_code == 0
     assigned = ack.properties.get(0x12)
     assert isinstance(assigned, str) and assigned
-    assert broker.call(lambda: list(broker.broker.sessions)) == [assigned]
+    assert broker.call(lambda: broker.broker.session_ids()) == [assigned]
     p = paho("", V5)
     other = p.connack_properties.get("AssignedClientIdentifier")
     assert other and other != assigned
@@ -285,7 +285,7 @@ def test_connect_timeout_closes_silent_socket(broker, raw_client):
     """A socket that sends no CONNECT within connect_timeout is closed (MQTT 3.1.1 section
     3.1: the server SHOULD close a connection that sends no CONNECT in a reasonable time)."""
     c = raw_client(4)
-    wait_until(lambda: broker.call(lambda: len(broker.broker.connections)) == 1,
+    wait_until(lambda: broker.call(lambda: broker.broker.connection_count) == 1,
                what="the broker to see the socket")
     broker.sweep(0.0)                 # inside the timeout: kept
     assert not c.closed(0.05)
@@ -299,7 +299,7 @@ def test_connect_timeout_closes_incomplete_connect(broker, raw_client):
     """A CONNECT that never completes (a slow-loris first packet) is closed at the timeout."""
     c = raw_client(4)
     c.send(gen_connect("slow", 4)[:7])
-    wait_until(lambda: broker.call(lambda: len(broker.broker.connections)) == 1,
+    wait_until(lambda: broker.call(lambda: broker.broker.connection_count) == 1,
                what="the broker to see the socket")
     broker.sweep(1.0)
     assert c.closed()
@@ -425,7 +425,7 @@ def test_paho_keepalive_pings_keep_connection(broker, paho):
     c = paho("paho-ka", V311, keepalive=1)
 
     def pinged():
-        conn = broker.broker.sessions["paho-ka"].conn
+        conn = broker.broker.session("paho-ka").client
         return conn.last_rx - conn.created > 0.8
     wait_until(lambda: broker.call(pinged), timeout=3.0, what="paho's PINGREQ")
     broker.sweep(0.9)                   # < 1.5 s after the ping, > 1.5 s after CONNECT
@@ -453,18 +453,18 @@ def test_assigned_id_usable_for_paho_v5_persistent(broker, paho):
     """An MQTT 5 client with an empty id and clean start 0 still gets an id assigned."""
     c = paho("", V5, clean=False, session_expiry=60)
     assigned = c.connack_properties["AssignedClientIdentifier"]
-    assert broker.call(lambda: broker.broker.sessions[assigned].expiry_interval) == 60
+    assert broker.call(lambda: broker.broker.session(assigned).expiry_interval) == 60
 
 
 def test_socket_closed_before_connect_is_forgotten(broker):
     """A socket that closes before CONNECT leaves nothing behind."""
     s = socket.create_connection(("127.0.0.1", broker.port))
-    wait_until(lambda: broker.call(lambda: len(broker.broker.connections)) == 1,
+    wait_until(lambda: broker.call(lambda: broker.broker.connection_count) == 1,
                what="the connection")
     s.close()
-    wait_until(lambda: broker.call(lambda: len(broker.broker.connections)) == 0,
+    wait_until(lambda: broker.call(lambda: broker.broker.connection_count) == 0,
                what="the connection to be forgotten")
-    assert broker.call(lambda: dict(broker.broker.sessions)) == {}
+    assert broker.call(lambda: broker.broker.session_ids()) == []
 
 
 def test_paho_v5_connect_properties_accepted(broker, paho):

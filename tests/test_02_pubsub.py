@@ -101,9 +101,9 @@ def test_delivery_bytes_at_min_qos(broker, raw_client, pub_qos, sub_qos):
         assert recv_bytes(s, 4) == b"\x62\x02\x00\x01"       # PUBREL from the broker
         s.send(b"\x70\x02\x00\x01")                          # PUBCOMP
     assert sync(s) == []
-    window = broker.call(lambda: broker.broker.sessions["sub"].window)
+    session = broker.call(lambda: broker.broker.session("sub"))
     if q:
-        assert broker.call(lambda: window.inflight_count) == 0
+        assert broker.call(lambda: session.inflight) == 0
 
 
 def test_v5_subscriber_qos2_flow_exact(broker, raw_client):
@@ -118,10 +118,10 @@ def test_v5_subscriber_qos2_flow_exact(broker, raw_client):
     assert recv_bytes(s, 2 + len(body)) == bytes([0x34, len(body)]) + body
     s.send(b"\x50\x02\x00\x01")
     assert recv_bytes(s, 4) == b"\x62\x02\x00\x01"
-    assert broker.call(lambda: broker.broker.sessions["sub"].window.inflight_count) == 1
+    assert broker.call(lambda: broker.broker.session("sub").inflight) == 1
     s.send(b"\x70\x02\x00\x01")
     assert sync(s) == []
-    assert broker.call(lambda: broker.broker.sessions["sub"].window.inflight_count) == 0
+    assert broker.call(lambda: broker.broker.session("sub").inflight) == 0
 
 
 def test_granted_qos_in_suback(broker, raw_client):
@@ -427,7 +427,7 @@ def test_v5_maximum_packet_size_respected_per_subscriber(broker, raw_client, qos
     ack_all(small, got_small)
     if qos:
         assert sync(small) == []
-        assert broker.call(lambda: broker.broker.sessions["small"].window.inflight_count) == 0
+        assert broker.call(lambda: broker.broker.session("small").inflight) == 0
 
 
 @pytest.mark.broker_config(receive_maximum=2)
@@ -597,15 +597,15 @@ def _stalled_subscriber(port: int, topic: str) -> socket.socket:
 
 def _slow_state(bt):
     def get():
-        s = bt.broker.sessions.get("slow")
+        s = bt.broker.session("slow")
         if s is None:
             return None
-        conn = s.conn
+        conn = s.client
         return dict(queued=s.queued, dropped=s.dropped,
-                    inflight=s.window.inflight_count if s.window else 0,
+                    inflight=s.inflight,
                     writable=None if conn is None else conn.writable,
-                    buffered=None if conn is None or conn.transport is None
-                    else conn.transport.get_write_buffer_size())
+                    buffered=None if conn is None or conn.io.transport is None
+                    else conn.io.transport.get_write_buffer_size())
     return bt.call(get)
 
 
@@ -631,8 +631,8 @@ def test_slow_consumer_memory_bounded(broker, raw_client, tmp_path):
          "-t", "flood/#", "-C", "200", "-W", "20", "-F", "%p"],
         stdout=out_file, stderr=subprocess.PIPE)
     try:
-        wait_until(lambda: broker.call(lambda: "fast" in broker.broker.sessions and "flood/#" in
-                                       broker.broker.sessions["fast"].subscriptions),
+        wait_until(lambda: broker.call(lambda: "fast" in broker.broker.session_ids() and "flood/#" in
+                                       broker.broker.session("fast").subscriptions),
                    5, what="mosquitto_sub subscribed")
         pub = connect(raw_client, "pub")
         states: list = []

@@ -21,7 +21,7 @@ RH_SEND, RH_IF_NEW, RH_NEVER = 0x00, 0x10, 0x20     # retain handling, options b
 
 
 def retained_count(bt) -> int:
-    return bt.call(lambda: len(bt.broker.router.retained))
+    return bt.call(lambda: bt.broker.retained_count)
 
 
 def test_new_subscriber_gets_retained_with_flag_exact(broker, raw_client):

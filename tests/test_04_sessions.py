@@ -36,19 +36,19 @@ def subscribe_raw(c, topic: str, qos: int, pid: int = 1) -> None:
 
 
 def session(bt, client_id: str):
-    return bt.call(lambda: bt.broker.sessions.get(client_id))
+    return bt.call(lambda: bt.broker.session(client_id))
 
 
 def wait_offline(bt, client_id: str) -> None:
     """Wait until the broker has processed the end of `client_id`'s connection."""
     def offline():
-        s = bt.broker.sessions.get(client_id)
-        return s is None or s.conn is None
+        s = bt.broker.session(client_id)
+        return s is None or s.client is None
     wait_until(lambda: bt.call(offline), what=f"{client_id} to go offline")
 
 
 def wait_gone(bt, client_id: str) -> None:
-    wait_until(lambda: bt.call(lambda: client_id not in bt.broker.sessions),
+    wait_until(lambda: bt.call(lambda: client_id not in bt.broker.session_ids()),
                what=f"session {client_id} to end")
 
 
@@ -63,7 +63,7 @@ def test_takeover_v311_closes_old_connection(broker, raw_client):
     assert not any(p.name == "DISCONNECT" for p in old.pending)   # 3.1.1 has none to send
     new.send(b"\xc0\x00")
     assert new.recv_packet().name == "PINGRESP"
-    assert session(broker, "dup-id").conn is not None
+    assert session(broker, "dup-id").client is not None
 
 
 def test_takeover_v5_old_connection_gets_disconnect_0x8e(broker, raw_client):
@@ -379,9 +379,9 @@ def test_queue_limit_keeps_first_n_and_counts_drops(broker, paho):
     pub = paho("ql-pub", V311)
     for i in range(5):
         pub.publish("ql/t", b"m%d" % i, qos=1)
-    assert broker.call(lambda: broker.broker.sessions["ql"].dropped) == 2
-    assert broker.call(lambda: broker.broker.sessions["ql"].queued) == 3
-    snap = broker.call(lambda: sys_topics.snapshot(broker.broker))
+    assert broker.call(lambda: broker.broker.session("ql").dropped) == 2
+    assert broker.call(lambda: broker.broker.session("ql").queued) == 3
+    snap = broker.call(lambda: sys_topics.topics(broker.broker.stats()))
     assert snap["$SYS/broker/publish/messages/dropped"] == "2"
     again = paho("ql", V311, clean=False)
     pub.publish("ql/t", b"live", qos=1)
@@ -403,9 +403,9 @@ def test_queue_full_drops_qos0_first(broker, paho):
     pub.publish("q0f/t", b"c1", qos=1)     # the queue is full now
     pub.publish("q0f/t", b"d1", qos=1)     # a0 makes room
     pub.publish("q0f/t", b"e0", qos=0)     # dropped: QoS 0 and the queue is all QoS 1
-    wait_until(lambda: broker.call(lambda: broker.broker.sessions["q0f"].dropped) == 2,
+    wait_until(lambda: broker.call(lambda: broker.broker.session("q0f").dropped) == 2,
                what="two drops")
-    snap = broker.call(lambda: sys_topics.snapshot(broker.broker))
+    snap = broker.call(lambda: sys_topics.topics(broker.broker.stats()))
     assert snap["$SYS/broker/publish/messages/dropped"] == "2"
     again = paho("q0f", V311, clean=False)
     again.wait_messages(3)
@@ -425,7 +425,7 @@ def test_dropped_count_sums_sessions_in_sys(broker, paho):
     pub = paho("sum-pub", V311)
     for i in range(4):
         pub.publish("sum/t", b"%d" % i, qos=1)
-    snap = broker.call(lambda: sys_topics.snapshot(broker.broker))
+    snap = broker.call(lambda: sys_topics.topics(broker.broker.stats()))
     assert snap["$SYS/broker/publish/messages/dropped"] == "4"
 
 
@@ -461,7 +461,7 @@ def test_unacked_publish_resent_with_dup_on_reconnect(broker, raw_client, paho, 
         assert (rel.name, rel.packet_id) == ("PUBREL", again.packet_id)
         c2.send_packet(PubAck(PUBCOMP, again.packet_id))
     wait_until(lambda: broker.call(
-        lambda: broker.broker.sessions[cid].window.inflight_count) == 0,
+        lambda: broker.broker.session(cid).inflight) == 0,
         what="the flow to complete")
 
 
@@ -499,7 +499,7 @@ def test_acked_messages_are_not_resent(broker, raw_client, paho):
     p = c.recv_packet()
     c.send_packet(PubAck(PUBACK, p.packet_id))
     wait_until(lambda: broker.call(
-        lambda: broker.broker.sessions["acked"].window.inflight_count) == 0, what="PUBACK")
+        lambda: broker.broker.session("acked").inflight) == 0, what="PUBACK")
     c.close()
     wait_offline(broker, "acked")
     c2 = connect_raw(raw_client, "acked", 4, present=True, clean_start=False)

@@ -52,8 +52,8 @@ def assert_no_will_yet(paho, watcher, tag: str) -> None:
 
 def wait_conn_gone(bt, client_id: str) -> None:
     def gone():
-        s = bt.broker.sessions.get(client_id)
-        return s is None or s.conn is None
+        s = bt.broker.session(client_id)
+        return s is None or s.client is None
     wait_until(lambda: bt.call(gone), what=f"{client_id}'s connection to end")
 
 
@@ -209,7 +209,7 @@ def test_will_qos1_queued_for_offline_persistent_subscriber(broker, raw_client, 
     wait_conn_gone(broker, "w-offline-sub")
     c = will_client(raw_client, "w-q1off", 4, topic="will/q", payload=b"queued", qos=1)
     c.close()
-    wait_until(lambda: broker.call(lambda: broker.broker.sessions["w-offline-sub"].queued),
+    wait_until(lambda: broker.call(lambda: broker.broker.session("w-offline-sub").queued),
                what="the will to be queued")
     back = paho("w-offline-sub", V311, clean=False)
     [m] = back.wait_messages(1)
@@ -241,7 +241,7 @@ def test_will_delay_cancelled_by_reconnect(broker, raw_client, paho, watcher):
     back = paho("w-back", V5, clean=False, session_expiry=60)
     assert back.session_present is True
     broker.sweep(30.0)
-    assert broker.call(lambda: dict(broker.broker.pending_wills)) == {}
+    assert broker.call(lambda: broker.broker.pending_will_ids()) == []
     assert_no_will_yet(paho, watcher, "back")
 
 
@@ -289,7 +289,7 @@ def test_session_expiry_shorter_than_will_delay(broker, raw_client, paho, watche
     broker.sweep(6.0)
     watcher.wait_messages(2)
     assert watcher.payloads("will/t") == [b"at session end"]
-    assert broker.call(lambda: "w-short" not in broker.broker.sessions)
+    assert broker.call(lambda: "w-short" not in broker.broker.session_ids())
 
 
 def test_will_delay_with_session_expiry_0_publishes_at_once(broker, raw_client, watcher):

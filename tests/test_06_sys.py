@@ -127,7 +127,7 @@ def test_sys_dropped_counts_offline_qos0(broker, paho, raw_client):
     off = paho("off", V311, clean=False)
     off.subscribe("dr/t", 0)
     off.disconnect()
-    wait_until(lambda: broker.call(lambda: "off" in broker.broker.offline), 5,
+    wait_until(lambda: broker.call(lambda: "off" in broker.broker.session_ids() and not broker.broker.session("off").connected), 5,
                what="the session offline")
     p = connect(raw_client, "p")
     for _ in range(3):

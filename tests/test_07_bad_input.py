@@ -189,7 +189,7 @@ def test_bad_packet_after_connect(broker, raw_client, witness, build, reason, ve
     c.send(build(version))
     refused(c, version, reason)
     witness()
-    assert broker.call(lambda: "bad" not in broker.broker.sessions)
+    assert broker.call(lambda: "bad" not in broker.broker.session_ids())
 
 
 def test_bad_packet_among_good_ones_keeps_the_good_ones(broker, raw_client, witness):

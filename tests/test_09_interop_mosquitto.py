@@ -48,8 +48,8 @@ def sub_start(bt, procs, *args: str) -> subprocess.Popen:
 
 def subscribed(bt, topics: list[str]) -> bool:
     def check() -> bool:
-        for s in bt.broker.sessions.values():
-            if s.conn is not None and all(t in s.subscriptions for t in topics):
+        for s in map(bt.broker.session, bt.broker.session_ids()):
+            if s.client is not None and all(t in s.subscriptions for t in topics):
                 return True
         return False
     return bt.call(check)
@@ -105,7 +105,7 @@ def test_retained_set_then_cleared(broker, procs, version):
                   "-F", "%r %q %t %p")
     assert sub_output(s) == ["1 1 ret/x keep"]
     pub(broker, "-V", version, "-r", "-n", "-t", "ret/x")       # QoS 0: no ack to wait for
-    wait_until(lambda: broker.call(lambda: len(broker.broker.router.retained)) == 0, 5,
+    wait_until(lambda: broker.call(lambda: broker.broker.retained_count) == 0, 5,
                what="the retained message deleted")
     s = sub_start(broker, procs, "-V", version, "-t", "ret/x", "-t", "ret/sync", "-C", "1",
                   "-F", "%r %t %p")

@@ -164,7 +164,7 @@ def test_client_receive_maximum_caps_what_the_broker_has_in_flight(broker, raw, 
         pub.publish("rm/t", b"%d" % i, qos=1)
     first = [next_packet(c, "PUBLISH") for _ in range(2)]
     assert until_pingresp(c) == []
-    assert broker.call(lambda: broker.broker.sessions["rm-sub"].queued) == 3
+    assert broker.call(lambda: broker.broker.session("rm-sub").queued) == 3
     c.send_packet(PubAck(PUBACK, first[0].packet_id))
     third = next_packet(c, "PUBLISH")
     assert until_pingresp(c) == []

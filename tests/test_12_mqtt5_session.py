@@ -56,7 +56,7 @@ def test_will_goes_when_the_session_ends_before_the_delay(broker, paho):
     assert unfenced(watcher) == []
     broker.sweep(2.5)
     assert [m.payload for m in watcher.wait_messages(1, topic="will/t")] == [b"gone"]
-    assert broker.call(lambda: "we-client" not in broker.broker.sessions)
+    assert broker.call(lambda: "we-client" not in broker.broker.session_ids())
 
 
 def test_will_without_session_expiry_goes_at_once_despite_delay(broker, paho):
@@ -87,7 +87,7 @@ def test_reconnect_inside_the_will_delay_cancels_the_will(broker, paho):
     c2.disconnect()                        # normal DISCONNECT: no will either
     offline(broker, "wr-client")
     broker.sweep(65)                       # past the session's end (60 s) as well
-    assert broker.call(lambda: "wr-client" not in broker.broker.sessions)
+    assert broker.call(lambda: "wr-client" not in broker.broker.session_ids())
     fence(watcher, watcher)
     assert unfenced(watcher) == []
 

@@ -31,7 +31,7 @@ def test_v311_unacked_qos1_is_resent_with_dup_after_retry_interval(broker, raw_c
     assert again.name == "PUBLISH" and again.dup and again.packet_id == first.packet_id
     sub.send_packet(PubAck(4, first.packet_id))
     deadline = time.monotonic() + 5
-    while broker.call(lambda: broker.broker.sessions["slow"].window.inflight_count):
+    while broker.call(lambda: broker.broker.session("slow").inflight):
         assert time.monotonic() < deadline, "PUBACK not processed"
         time.sleep(0.01)
     broker.sweep(20)

@@ -48,7 +48,7 @@ def test_pipelined_qos1_burst_to_a_slow_subscriber_loses_nothing(broker):
         pub.send_packet(Publish("flow/t", b"0", 1, packet_id=1))
         assert pub.recv_packet().name == "PUBACK"
         deadline = time.monotonic() + 5
-        while not broker.call(lambda: broker.broker.sessions["acker"].last_ack):
+        while not broker.call(lambda: broker.broker.session("acker").last_ack):
             assert time.monotonic() < deadline, "the warm-up PUBACK never reached the broker"
             time.sleep(0.01)
         n = 300
@@ -63,7 +63,7 @@ def test_pipelined_qos1_burst_to_a_slow_subscriber_loses_nothing(broker):
         while len(received) < n + 1 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert received == [str(i).encode() for i in range(n + 1)]
-        assert broker.call(lambda: broker.broker.sessions["acker"].dropped) == 0
+        assert broker.call(lambda: broker.broker.session("acker").dropped) == 0
     finally:
         stop.set()
         sub.close()
@@ -85,5 +85,5 @@ def test_a_subscriber_that_never_acks_does_not_slow_the_publisher(broker):
     pub.send(b"".join(encode(Publish("flow/t", b"x", 1, packet_id=i)) for i in range(1, n + 1)))
     for _ in range(n):
         assert pub.recv_packet(timeout=5).name == "PUBACK"
-    assert broker.call(lambda: broker.broker.sessions["deaf"].dropped) == n - 1 - 10
-    assert not broker.call(lambda: broker.broker.sessions["p"].conn.throttled)
+    assert broker.call(lambda: broker.broker.session("deaf").dropped) == n - 1 - 10
+    assert not broker.call(lambda: broker.broker.session("p").client.throttled)

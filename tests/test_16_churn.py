@@ -23,13 +23,13 @@ def test_connect_subscribe_leave_cycles_leave_no_state(broker):
         c.close()                           # else: dropped, the will goes
 
     def settled():
-        b = broker.broker
-        return (len(b.connections), len(b.sessions), len(b.offline), len(b.pending_wills),
-                b.router.subscription_count)
+        s = broker.broker.stats()
+        return (s["connections"], s["sessions"], s["clients_disconnected"], s["pending_wills"],
+                s["subscriptions"])
 
     deadline = time.monotonic() + 5
     while broker.call(settled) != (0, 0, 0, 0, 0) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert broker.call(settled) == (0, 0, 0, 0, 0)
     gc.collect()
-    assert broker.call(lambda: len(broker.broker._dirty)) == 0
+    assert broker.call(lambda: len(broker.broker._listeners.flusher.dirty)) == 0

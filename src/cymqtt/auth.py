@@ -16,6 +16,10 @@ authentication data, one `step()` per packet, until the exchange says "success" 
     Broker(authenticators=[Token()])
 
 `ScramSha256` (RFC 5802 / RFC 7677) is built in, for the users in the config's [users] table.
+
+A decision may take time (a password hash, a call to another service): `step()` may return an
+asyncio future of its `AuthStep` instead of the step itself. The connection reads nothing more
+from that client until the future is done; other clients are not held up.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import hmac
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Awaitable
 
 CONTINUE, SUCCESS, FAILURE = "continue", "success", "failure"
 
@@ -55,8 +60,9 @@ class AuthExchange(ABC):
     """One authentication conversation with one client."""
 
     @abstractmethod
-    def step(self, data: bytes | None) -> AuthStep:
-        """The client's authentication data (None when it sent none) -> the next step."""
+    def step(self, data: bytes | None) -> AuthStep | Awaitable[AuthStep]:
+        """The client's authentication data (None when it sent none) -> the next step (or an
+        asyncio future of it)."""
 
 
 class Authenticator(ABC):
@@ -69,6 +75,39 @@ class Authenticator(ABC):
         """A new exchange, for a CONNECT or a re-authentication (AUTH 0x19)."""
 
 
+class Auth:
+    """Who may connect: the [users] passwords, anonymous access, and the enhanced
+    authentication methods (SCRAM-SHA-256 for [users], plus any `Authenticator` given)."""
+
+    def __init__(self, users: dict[str, str], allow_anonymous: bool = True,
+                 authenticators: list[Authenticator] | None = None) -> None:
+        self._users = users
+        self._allow_anonymous = allow_anonymous
+        self._methods: dict[str, Authenticator] = {}
+        if users:
+            scram = ScramSha256(users)
+            self._methods[scram.method] = scram
+        for a in authenticators or ():
+            self._methods[a.method] = a
+
+    def authenticator(self, method: str) -> Authenticator | None:
+        """The authenticator for an MQTT 5 authentication method, or None."""
+        return self._methods.get(method)
+
+    def check(self, username: str | None,
+              password: bytes | None) -> AuthStep | Awaitable[AuthStep]:
+        """A CONNECT without an authentication method: its user name and password."""
+        if not self._users:
+            return _ALLOWED
+        if username is None:
+            if self._allow_anonymous:
+                return _ALLOWED
+            return AuthStep.failure(0x87, "anonymous clients are not allowed")
+        if not check_password(self._users, username, password):
+            return AuthStep.failure(0x86, f"bad user name or password for {username!r}")
+        return _ALLOWED
+
+
 def check_password(users: dict[str, str], username: str | None,
                    password: bytes | None) -> bool:
     """True when `username` is configured and `password` is its password."""
@@ -78,6 +117,9 @@ def check_password(users: dict[str, str], username: str | None,
 
 
 # -- SCRAM-SHA-256 ------------------------------------------------------------------------------
+
+_ALLOWED = AuthStep.success()
+
 
 def _h(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()

@@ -1,50 +1,39 @@
-"""Broker: the public API. Owns the config, the listener, sessions, the router and the one
-periodic sweep (keep alive, CONNECT timeout, stalled writers, session expiry, delayed wills).
+"""Broker: the public facade. It wires the parts, starts and stops them, publishes from the
+program embedding it, and answers questions about its state. It holds no MQTT rules itself
+(those are in protocol/, registry.py, router.py and session.py).
 
     async with Broker(port=0) as broker:
         print(broker.port)            # the port it picked
+        broker.publish("greetings", b"hello", retain=True)
         ...                           # clients connect to 127.0.0.1:broker.port
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from typing import Any
+from typing import Any, Callable
 
+from cymqtt._fast.codec import validate_topic_name
+from cymqtt._fast.errors import CodecError
 from cymqtt._version import __version__
-from cymqtt.auth import Authenticator, ScramSha256
+from cymqtt.auth import Authenticator
 from cymqtt.config import Config
-from cymqtt.connection import Connection
-from cymqtt.handlers import CONN_ACTIVE, CONN_AUTH, CONN_NEW
+from cymqtt.consts import (
+    P_SERVER_REFERENCE, RC_KEEP_ALIVE_TIMEOUT, RC_SERVER_MOVED, RC_SERVER_SHUTTING_DOWN,
+    RC_USE_ANOTHER_SERVER,
+)
+from cymqtt.context import Context
 from cymqtt.message import Message
-from cymqtt.props import P_SERVER_REFERENCE
-from cymqtt.router import Router
-from cymqtt.session import NEVER, Session, Will
-from cymqtt import sys_topics
+from cymqtt.metrics import collect
+from cymqtt.net.listeners import ListenerSet, specs_from_config
+from cymqtt.registry import RegistryListener
+from cymqtt.session import Session
+from cymqtt import sys_topics, timers
+
+__all__ = ["Broker"]
 
 log = logging.getLogger("cymqtt.broker")
-
-SWEEP_INTERVAL = 0.5   # seconds between sweeps; keep alive is enforced to within this
-THROTTLE_MAX = 0.5     # longest a publisher waits for congested subscribers before reading on
-
-
-class Stats:
-    """Counters for $SYS and metrics. Plain attributes: incremented on the hot path."""
-
-    __slots__ = ("bytes_received", "bytes_sent", "messages_received", "messages_sent",
-                 "dropped_too_large", "connections_total", "clients_total", "started")
-
-    def __init__(self) -> None:
-        self.bytes_received = 0
-        self.bytes_sent = 0
-        self.messages_received = 0
-        self.messages_sent = 0
-        self.dropped_too_large = 0
-        self.connections_total = 0
-        self.clients_total = 0
-        self.started = time.monotonic()
 
 
 class Broker:
@@ -52,72 +41,71 @@ class Broker:
 
     :param config: a `Config`; keyword arguments override its fields
         (``Broker(port=0, max_queued=100)``).
+    :param authenticators: MQTT 5 enhanced-authentication methods besides the built-in
+        SCRAM-SHA-256 (see `cymqtt.auth.Authenticator`).
+    :param clock: the broker's one clock (seconds, monotonic); every deadline uses it. Tests
+        inject their own to play time forward.
 
     ``await start()`` binds and returns once the broker accepts connections; ``await stop()``
-    disconnects every client (MQTT 5: reason 0x8B) and closes the listener. Use it as an async
+    disconnects every client (MQTT 5: reason 0x8B) and closes the listeners. Use it as an async
     context manager to get both.
     """
 
     def __init__(self, config: Config | None = None, *,
-                 authenticators: list[Authenticator] | None = None, **overrides: Any) -> None:
-        self.config = (config or Config()).replace(**overrides) if overrides else (
-            config or Config())
-        # MQTT 5 enhanced authentication, by method; SCRAM-SHA-256 for the configured users.
-        self.authenticators: dict[str, Authenticator] = {}
-        if self.config.users:
-            scram = ScramSha256(self.config.users)
-            self.authenticators[scram.method] = scram
-        for a in authenticators or ():
-            self.authenticators[a.method] = a
-        self.stats = Stats()
-        self.router = Router(self.config.shared_subscription_strategy)
-        self.sessions: dict[str, Session] = {}
-        self.offline: dict[str, Session] = {}          # sessions waiting for expiry
-        self.pending_wills: dict[str, tuple[float, Will]] = {}
-        self.connections: set[Connection] = set()
-        self._dirty: list[Connection] = []
-        self._flush_handle: asyncio.Handle | None = None
-        self._server: asyncio.base_events.Server | None = None
+                 authenticators: list[Authenticator] | None = None,
+                 clock: Callable[[], float] = time.monotonic, **overrides: Any) -> None:
+        config = config or Config()
+        if overrides:
+            config = config.replace(**overrides)
+        self.config = config
+        self._clock = clock
+        self._ctx = ctx = Context.create(config, authenticators, clock)
+        self._metrics = ctx.metrics
+        self._router = ctx.router
+        self._registry = ctx.registry
+        self._listeners = ListenerSet(self._ctx, specs_from_config(config))
+        self._limits = timers.Limits(config.connect_timeout, config.write_timeout,
+                                     config.retry_interval)
         self._tasks: list[asyncio.Task] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running = False
         self._closed: asyncio.Event | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind the listener and start the sweep. Raises OSError when the port is taken."""
-        self._loop = asyncio.get_running_loop()
+        """Bind the listeners and start the sweep. Raises OSError when a port is taken."""
+        loop = asyncio.get_running_loop()
         self._closed = asyncio.Event()
-        self.stats.started = time.monotonic()
-        self._server = await self._loop.create_server(
-            lambda: Connection(self), self.config.host, self.config.port,
-            reuse_address=True, backlog=4096)
+        self._metrics.started = self._clock()
+        await self._listeners.start(loop)
+        self._running = True
         self._tasks.append(asyncio.create_task(self._sweep_forever(), name="cymqtt-sweep"))
         if self.config.sys_interval > 0:
-            self._tasks.append(asyncio.create_task(
-                sys_topics.publish_forever(self, self.config.sys_interval), name="cymqtt-sys"))
-        log.info("cymqtt %s listening on %s:%d", __version__, self.config.host, self.port)
+            self._tasks.append(asyncio.create_task(self._sys_forever(self.config.sys_interval),
+                                                   name="cymqtt-sys"))
+        for name, host, port in self._listeners.bound:
+            log.info("cymqtt %s listening on %s:%d", __version__, host, port)
 
     @property
     def port(self) -> int:
-        """The port the listener is bound to (useful with port=0)."""
-        if self._server is None or not self._server.sockets:
-            return self.config.port
-        return self._server.sockets[0].getsockname()[1]
+        """The port of the (first) listener (useful with port=0)."""
+        bound = self._listeners.bound
+        return bound[0][2] if bound else self.config.port
 
     async def stop(self) -> None:
-        """Disconnect every client and close the listener."""
-        if self._server is None:
+        """Disconnect every client and close the listeners. Wills are not published."""
+        if not self._running:
             return
-        self._server.close()
+        self._running = False
+        self._listeners.close()
         redirect = self.config.redirect_to
-        for conn in list(self.connections):
-            conn.clean_exit = True
+        for conn in list(self._listeners.connections):
             if redirect:
-                conn.disconnect(0x9D if self.config.redirect_permanent else 0x9C,
-                                "use another server", {P_SERVER_REFERENCE: redirect})
+                conn.protocol.shutdown(
+                    RC_SERVER_MOVED if self.config.redirect_permanent else RC_USE_ANOTHER_SERVER,
+                    "use another server", {P_SERVER_REFERENCE: redirect})
             else:
-                conn.disconnect(0x8B, "server shutting down")
+                conn.protocol.shutdown(RC_SERVER_SHUTTING_DOWN, "server shutting down")
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -126,16 +114,15 @@ class Broker:
             except asyncio.CancelledError:
                 pass
         self._tasks.clear()
-        self._flush()
+        self._listeners.flush()
         await asyncio.sleep(0)
-        self._server = None
         if self._closed is not None:
             self._closed.set()
         log.info("cymqtt stopped")
 
     async def serve_forever(self) -> None:
         """Start (if needed) and run until stop() is called."""
-        if self._server is None:
+        if not self._running:
             await self.start()
         assert self._closed is not None
         await self._closed.wait()
@@ -149,181 +136,142 @@ class Broker:
 
     # -- embedding API -------------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes | str = b"", qos: int = 0,
+    def publish(self, topic: str, payload: bytes | bytearray | str = b"", qos: int = 0,
                 retain: bool = False, properties: dict | None = None) -> int:
-        """Publish a message from inside the program; returns the number of deliveries."""
+        """Publish a message from inside the program, as if a client had; returns the number of
+        sessions it was delivered (or queued) to. Call it on the broker's event loop.
+
+        :raises ValueError: a topic that is not a valid PUBLISH topic name (empty, wildcards,
+            U+0000, over 65,535 bytes), a QoS other than 0, 1 or 2, or a payload that is not
+            bytes or str.
+        """
+        if not isinstance(topic, str):
+            raise ValueError(f"topic must be a str, not {type(topic).__name__}")
+        try:
+            validate_topic_name(topic)
+        except CodecError as exc:
+            raise ValueError(f"cannot publish to {topic!r}: {exc}") from None
+        if qos not in (0, 1, 2) or isinstance(qos, bool):
+            raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
         if isinstance(payload, str):
             payload = payload.encode()
-        msg = Message(topic, payload, qos, retain, properties)
-        msg.start_expiry(self.now())
-        return self.route(msg)
-
-    # -- used by connections and handlers ------------------------------------------------------
-
-    now = staticmethod(time.monotonic)
-
-    def mark_dirty(self, conn: Connection) -> None:
-        self._dirty.append(conn)
-        if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        # One write per dirty connection per loop iteration.
-        self._flush_handle = None
-        dirty = self._dirty
-        if not dirty:
-            return
-        self._dirty = []
-        sent = 0
-        for conn in dirty:
-            sent += conn.flush()
-        self.stats.bytes_sent += sent
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        return self._loop
-
-    def route(self, msg: Message, publisher: Connection | None = None) -> int:
-        """Deliver `msg`; when it leaves draining subscribers congested (Session.deliver), the
-        `publisher` stops being read until they drain (at most THROTTLE_MAX seconds)."""
-        if msg.retain and self.config.retain_available:
-            self.router.retained.store(msg)
-        router = self.router
-        n = router.publish(msg, self.now())
-        if router.congested:
-            congested = router.congested
-            router.congested = []
-            if publisher is not None:
-                for session in congested:
-                    conn = session.conn
-                    if conn is None or conn is publisher:
-                        continue     # never wait for ourselves
-                    if session.waiters is None:
-                        session.waiters = set()
-                    session.waiters.add(publisher)
-                    publisher.throttle(THROTTLE_MAX)
+        elif isinstance(payload, bytearray):
+            payload = bytes(payload)
+        elif not isinstance(payload, bytes):
+            raise ValueError(f"payload must be bytes or str, not {type(payload).__name__}")
+        if properties is not None and not isinstance(properties, dict):
+            raise ValueError("properties must be a dict of MQTT 5 property id -> value")
+        now = self._clock()
+        msg = Message(topic, payload, qos, bool(retain), properties or None)
+        msg.start_expiry(now)
+        n = self._router.route(msg, now)
+        self._router.congested.clear()      # no publisher to slow down
         return n
 
-    def on_connection_made(self, conn: Connection) -> None:
-        self.connections.add(conn)
-        self.stats.connections_total += 1
+    def add_listener(self, listener: RegistryListener) -> None:
+        """Receive the registry's session events (created, ended, subscribed, unsubscribed,
+        message queued, acked): how a store or a cluster follows the broker."""
+        self._registry.add_listener(listener)
 
-    def on_client_connected(self, conn: Connection) -> None:
-        self.stats.clients_total += 1
+    # -- introspection -------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """The broker's clock."""
+        return self._clock()
+
+    def session(self, client_id: str) -> Session | None:
+        """The session of `client_id`, or None. Read it; do not change it."""
+        return self._registry.get(client_id)
+
+    def session_ids(self) -> list[str]:
+        """Client ids that have a session (connected or not)."""
+        return list(self._registry.sessions)
+
+    def pending_will_ids(self) -> list[str]:
+        """Client ids whose will waits for its delay to pass."""
+        return list(self._registry.pending_wills)
+
+    @property
+    def connection_count(self) -> int:
+        """Open sockets, including those that have not sent CONNECT yet."""
+        return len(self._listeners.connections)
 
     @property
     def clients_connected(self) -> int:
-        return sum(1 for c in self.connections if c.session is not None)
+        """Connections with a session (CONNACK sent)."""
+        return self._registry.connected_count()
 
-    def on_connection_lost(self, conn: Connection) -> None:
-        self.connections.discard(conn)
-        session = conn.session
-        if session is None or session.conn is not conn:
-            return
-        now = self.now()
-        session.conn = None
-        session.wake_waiters()
-        ending = session.expiry_interval == 0
-        self._redispatch_shared(session, ending, now)
-        self.process_will(conn, now, session_ending=ending)
-        conn.session = None
-        if ending:
-            self.end_session(session, now)
-        else:
-            session.expires_at = (None if session.expiry_interval == NEVER
-                                  else now + session.expiry_interval)
-            self.offline[session.client_id] = session
+    def clients(self) -> list[dict[str, Any]]:
+        """One dict per connected client: client id, protocol version, peer address, user
+        name, keep alive, listener, subscriptions, and its message counters."""
+        out = []
+        for conn in self._listeners.connections:
+            p = conn.protocol
+            s = p.session
+            if s is None:
+                continue
+            out.append({
+                "client_id": p.client_id, "protocol": p.version, "peer": conn.peer,
+                "username": p.username, "keepalive": p.keepalive, "listener": conn.listener,
+                "subscriptions": len(s.subscriptions), "received": p.received, "sent": p.sent,
+                "inflight": s.inflight, "queued": s.queued, "dropped": s.dropped,
+            })
+        return out
 
-    def process_will(self, conn: Connection, now: float, session_ending: bool) -> None:
-        """The connection ended without DISCONNECT: publish its will, now or after its delay
-        (MQTT 5: the delay ends early when the session ends) [MQTT-3.1.2-8]."""
-        will = conn.will
-        conn.will = None
-        if will is None or conn.clean_exit:
-            return
-        session = conn.session
-        if will.delay and not session_ending and session is not None:
-            delay = will.delay
-            if session.expiry_interval != NEVER:
-                delay = min(delay, session.expiry_interval)
-            self.pending_wills[conn.client_id] = (now + delay, will)
-        else:
-            self.publish_will(will, now)
+    @property
+    def retained_count(self) -> int:
+        return len(self._router.retained)
 
-    def publish_will(self, will: Will, now: float) -> None:
-        msg = will.message
-        msg.start_expiry(now)
-        log.debug("publishing will of %s to %r", msg.sender, msg.topic)
-        self.route(msg)
+    def stats(self) -> dict[str, int]:
+        """Every counter and gauge, by name (what $SYS and metrics endpoints show)."""
+        return collect(self._metrics, self._registry, self._router,
+                       len(self._listeners.connections), self._clock())
 
-    def cancel_will(self, client_id: str) -> None:
-        self.pending_wills.pop(client_id, None)
-
-    def _redispatch_shared(self, session: Session, ending: bool, now: float) -> None:
-        # Shared-subscription messages the leaving member did not acknowledge go to another
-        # member (MQTT 5 section 4.8.2); when none is connected they stay with this session.
-        if session.window is None or not session.has_shared:
-            return
-        for qos, item in session.take_shared():
-            if not self.router.redispatch(qos, item, session, now) and not ending:
-                session.window.submit(item, qos, False)
-
-    def end_session(self, session: Session, now: float) -> None:
-        """Discard a session: its subscriptions, queue and inflight messages."""
-        self._redispatch_shared(session, True, now)
-        self.router.remove_session(session)
-        if self.sessions.get(session.client_id) is session:
-            del self.sessions[session.client_id]
-        self.offline.pop(session.client_id, None)
-        pending = self.pending_wills.pop(session.client_id, None)
-        if pending is not None:
-            self.publish_will(pending[1], now)
+    def uptime(self) -> int:
+        return int(self._clock() - self._metrics.started)
 
     # -- the sweep -----------------------------------------------------------------------------
 
     async def _sweep_forever(self) -> None:
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
+            await asyncio.sleep(timers.SWEEP_INTERVAL)
             try:
-                self.sweep(self.now())
+                self.sweep(self._clock())
             except Exception:  # pragma: no cover - a bug, but the broker must keep serving
                 log.exception("sweep failed")
 
     def sweep(self, now: float) -> None:
-        """Every timed rule, checked against `now` (one pass; no per-connection timers)."""
-        config = self.config
-        retry = config.retry_interval
-        for conn in list(self.connections):
-            state = conn.state
-            if state == CONN_NEW or state == CONN_AUTH:
-                if now - conn.created > config.connect_timeout:
-                    log.info("%s: no CONNECT within %.0f s; closing", conn.peer,
-                             config.connect_timeout)
-                    conn.abort()
-            elif state == CONN_ACTIVE:
-                if conn.keepalive and now - conn.last_rx > 1.5 * conn.keepalive:
-                    log.info("client %s: keep alive %d s expired; closing", conn.client_id,
-                             conn.keepalive)
-                    conn.disconnect(0x8D, "keep alive timeout")
-                elif not conn.writable and now - conn.paused_since > config.write_timeout:
-                    log.info("client %s: socket unwritable for %.0f s; closing",
-                             conn.client_id, now - conn.paused_since)
-                    conn.abort()
-                elif retry and conn.version < 5 and conn.writable:
-                    session = conn.session
-                    if session is not None and session.window is not None and \
-                            session.window.inflight_count:
-                        session.retry(retry, now)
-        if self.offline:
-            for session in [s for s in self.offline.values()
-                            if s.expires_at is not None and now >= s.expires_at]:
-                log.debug("session %s expired", session.client_id)
-                self.end_session(session, now)
-        if self.pending_wills:
-            for client_id, (deadline, will) in list(self.pending_wills.items()):
-                if now >= deadline:
-                    del self.pending_wills[client_id]
-                    self.publish_will(will, now)
+        """Carry out every timed rule due at `now` (timers.check says which)."""
+        clients = [c.protocol for c in self._listeners.connections]
+        registry = self._registry
+        limits = self._limits
+        for kind, target in timers.check(now, clients, registry, limits):
+            if kind == timers.CONNECT_TIMEOUT:
+                log.info("%s: no CONNECT within %.0f s; closing", target.peer,
+                         limits.connect_timeout)
+                target.abort()
+            elif kind == timers.KEEPALIVE_EXPIRED:
+                log.info("client %s: keep alive %d s expired; closing", target.client_id,
+                         target.keepalive)
+                target.disconnect(RC_KEEP_ALIVE_TIMEOUT, "keep alive timeout")
+            elif kind == timers.WRITE_STALLED:
+                log.info("client %s: socket unwritable for %.0f s; closing",
+                         target.client_id, now - target.paused_since)
+                target.abort()
+            elif kind == timers.RETRY_DUE:
+                if target.session is not None:
+                    target.session.retry(limits.retry_interval, now)
+            elif kind == timers.SESSION_EXPIRED:
+                if registry.get(target.client_id) is target:
+                    log.debug("session %s expired", target.client_id)
+                    registry.end(target, now)
+            elif kind == timers.WILL_DUE:
+                registry.fire_will(target, now)
 
-    def uptime(self) -> int:
-        return math.floor(time.monotonic() - self.stats.started)
+    async def _sys_forever(self, interval: float) -> None:
+        while True:
+            now = self._clock()
+            for topic, value in sys_topics.topics(self.stats()).items():
+                self._router.route(Message(topic, value.encode(), 0, True), now)
+            self._router.congested.clear()
+            await asyncio.sleep(interval)

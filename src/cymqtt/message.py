@@ -11,7 +11,7 @@ import math
 
 from cymqtt._fast.codec import encode_publish, publish_with_id
 
-from cymqtt.props import P_MESSAGE_EXPIRY, P_SUBSCRIPTION_ID, P_TOPIC_ALIAS
+from cymqtt.consts import P_MESSAGE_EXPIRY, P_SUBSCRIPTION_ID, P_TOPIC_ALIAS
 
 # Topic alias and subscription identifiers are per connection / per subscription: a PUBLISH
 # never carries them through the broker as received.

@@ -41,9 +41,10 @@ class Router:
     """Delivery of published messages to matching sessions."""
 
     def __init__(self, strategy: str = "round_robin", retained: RetainStore | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, retain_available: bool = True) -> None:
         self.trie = TopicTrie()
         self.retained = retained if retained is not None else MemoryRetainStore()
+        self.retain_available = retain_available
         self.strategy = strategy
         self._rr: dict[tuple[str, str], int] = {}
         self._sticky: dict[tuple[str, str], str] = {}
@@ -76,6 +77,14 @@ class Router:
         return len(self.trie)
 
     # -- publishing ----------------------------------------------------------------------------
+
+    def route(self, msg: Message, now: float) -> int:
+        """A message published (by a client, a will, the broker): keep it when it is retained,
+        then deliver it. Returns the number of deliveries; sessions it left congested are in
+        `congested` for the caller to act on (protocol.publish slows the publisher down)."""
+        if msg.retain and self.retain_available:
+            self.retained.store(msg)
+        return self.publish(msg, now)
 
     def publish(self, msg: Message, now: float) -> int:
         """Deliver `msg` to every matching session; returns the number of deliveries."""
@@ -159,7 +168,7 @@ class Router:
         group, topic_filter = key
         members = [s for s in self.trie.match(msg.topic)
                    if s.group == group and s.topic_filter == topic_filter
-                   and s.session is not leaving and s.session.conn is not None]
+                   and s.session is not leaving and s.session.client is not None]
         if not members:
             return False
         sub = self.pick(key, members, msg)
@@ -169,7 +178,7 @@ class Router:
 
     def pick(self, key: tuple[str, str], members: list, msg: Message) -> Subscription | None:
         """One member of a shared group for `msg`, preferring members that are connected."""
-        online = [s for s in members if s.session.conn is not None] or members
+        online = [s for s in members if s.session.client is not None] or members
         if len(online) == 1:
             return online[0]
         online.sort(key=lambda s: s.session.client_id)

@@ -1,21 +1,22 @@
 """Session: the per-client state that outlives a connection (EMQ's session/channel split).
 
-Subscriptions, the outbound QoS window and its queue, inbound QoS 2 ids awaiting PUBREL, and
-expiry (the will belongs to the connection that set it). A session knows nothing of sockets:
-while a client is attached, `conn` is its Connection, reached only through `send_publish`,
-`send_pubrel`, `writable` and `unthrottle` (for the publishers it made wait).
+Subscriptions, the outbound QoS window and its queue, inbound QoS 2 ids awaiting PUBREL, expiry,
+and the will of the connection attached now. A session knows nothing of sockets or of the MQTT
+rules that fill it (protocol/, registry.py): while a client is attached, `client` is that
+connection's `ClientProtocol`, reached only through the `Client` interface below.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from cymqtt._fast.inflight import AWAIT_PUBCOMP, InboundQoS2, OutboundWindow
-from cymqtt.props import PUBACK, PUBREC
+from cymqtt.consts import NEVER, PUBACK, PUBREC
 
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.message import Message
 
-NEVER = 0xFFFFFFFF
+__all__ = ["Client", "NEVER", "Session", "Subscription", "Will"]
+
 CONGESTED = 2      # Session.deliver: queued, and the client is not keeping up (see deliver)
 
 
@@ -49,6 +50,21 @@ class Subscription:
         return f"Subscription({self.session.client_id!r}, {self.full_filter!r}, qos={self.qos})"
 
 
+class Client(Protocol):
+    """What a session needs of the connection attached to it (a `ClientProtocol`)."""
+
+    writable: bool          # its socket takes more; False while the transport pushes back
+    receive_maximum: int    # the client's MQTT 5 receive maximum (65535 when it sent none)
+
+    def send_publish(self, msg: Message, qos: int, retain: bool, packet_id: int, dup: bool,
+                     sub_ids: list | None, now: float) -> None: ...
+
+    def send_pubrel(self, packet_id: int) -> None: ...
+
+    def unthrottle(self) -> None:
+        """Read this (publishing) client again: the session it was waiting for drained."""
+
+
 class Will:
     __slots__ = ("message", "delay")
 
@@ -58,17 +74,17 @@ class Will:
 
 
 class Session:
-    __slots__ = ("client_id", "subscriptions", "window", "inbound", "conn", "expiry_interval",
-                 "requested_expiry", "expires_at", "version", "waiters", "last_ack",
-                 "receive_maximum", "_config",
-                 "__weakref__")
+    __slots__ = ("client_id", "subscriptions", "window", "inbound", "client", "will",
+                 "expiry_interval", "requested_expiry", "expires_at", "version", "waiters",
+                 "last_ack", "receive_maximum", "observer", "_config", "__weakref__")
 
     def __init__(self, client_id: str, config) -> None:
         self.client_id = client_id
         self.subscriptions: dict[str, Subscription] = {}
         self.window: OutboundWindow | None = None      # created on first QoS>0 delivery
         self.inbound: InboundQoS2 | None = None        # created on first inbound QoS 2
-        self.conn = None                               # the attached Connection, or None
+        self.client: Client | None = None              # the attached connection, or None
+        self.will: Will | None = None                  # the attached connection's will
         self.expiry_interval = 0                       # seconds after disconnect; NEVER = never
         self.requested_expiry = 0                      # what the CONNECT asked for (MQTT 5)
         self.expires_at: float | None = None           # loop time, while offline
@@ -76,18 +92,21 @@ class Session:
         self.waiters: set | None = None     # publishers throttled until our queue drains
         self.last_ack = 0.0                 # when the client last acknowledged a message
         self.receive_maximum = 65535        # the attached client's (MQTT 5), for the window
+        # Told of every message the window accepts and every completed flow (a store, a
+        # cluster: registry.RegistryListener); None when nobody listens, which costs one test.
+        self.observer = None
         self._config = config
 
     # -- outbound ------------------------------------------------------------------------------
 
-    def attach(self, conn, version: int) -> None:
+    def attach(self, client: Client, version: int) -> None:
         """A client (re)connected to this session."""
-        self.conn = conn
+        self.client = client
         self.version = version
         self.expires_at = None
-        self.receive_maximum = conn.receive_maximum
+        self.receive_maximum = client.receive_maximum
         if self.window is not None:
-            self.window.receive_maximum = conn.receive_maximum
+            self.window.receive_maximum = client.receive_maximum
 
     def _window(self) -> OutboundWindow:
         w = self.window
@@ -103,27 +122,31 @@ class Session:
         it was dropped, and CONGESTED when it was queued past half the queue limit of a client
         that is draining, but slower than it is fed (the router then slows the publisher).
         `shared` is the (group, filter) of the shared subscription that picked this session."""
-        conn = self.conn
-        if qos == 0 and conn is not None and conn.writable and (
+        client = self.client
+        if qos == 0 and client is not None and client.writable and (
                 self.window is None or not self.window.queued_count):
-            conn.send_publish(msg, 0, retain, 0, False, sub_ids, now)
+            client.send_publish(msg, 0, retain, 0, False, sub_ids, now)
             return 1
         item = (msg, retain, sub_ids, shared)
-        online = conn is not None and conn.writable
+        online = client is not None and client.writable
         w = self._window()
         pid = w.submit(item, qos, online)
         if pid >= 0:
-            conn.send_publish(msg, qos, retain, pid, False, sub_ids, now)
+            if self.observer is not None:
+                self.observer.message_queued(self, msg, qos)
+            client.send_publish(msg, qos, retain, pid, False, sub_ids, now)
             return 1
         if pid == -1:
+            if self.observer is not None:
+                self.observer.message_queued(self, msg, qos)
             # Congested: a live client that is draining (writable socket, acks within the last
             # second) but not fast enough. A stalled one is not waited for: its queue fills and
             # drops, as with mosquitto, rather than slowing every publisher down.
             # The mark is two windows (or half the queue when that is smaller): enough to keep
             # the window full, short enough that messages do not wait long in the queue.
             q = w.queued_count
-            if conn is not None and (q >= 2 * w.window or q * 2 >= w.max_queued) \
-                    and conn.writable and now - self.last_ack < 1.0:
+            if client is not None and (q >= 2 * w.window or q * 2 >= w.max_queued) \
+                    and client.writable and now - self.last_ack < 1.0:
                 return CONGESTED
             return 1
         return 0
@@ -131,8 +154,8 @@ class Session:
     def release(self, now: float) -> None:
         """Fill the window from the queue after acks (or when the socket drains again)."""
         w = self.window
-        conn = self.conn
-        if w is None or conn is None or not w.queued_count:
+        client = self.client
+        if w is None or client is None or not w.queued_count:
             return
         expired = True
         while expired and w.queued_count:
@@ -147,7 +170,7 @@ class Session:
                     expired = True
                     continue
                 # Everything release() returned is in flight now: send it all.
-                conn.send_publish(msg, qos, retain, pid, False, sub_ids, now)
+                client.send_publish(msg, qos, retain, pid, False, sub_ids, now)
         if self.waiters is not None and w.queued_count * 2 <= w.window and \
                 w.queued_count * 4 <= w.max_queued:
             self.wake_waiters()
@@ -157,33 +180,33 @@ class Session:
         waiters = self.waiters
         self.waiters = None
         if waiters:
-            for conn in waiters:
-                conn.unthrottle()
+            for publisher in waiters:
+                publisher.unthrottle()
 
     def resume(self, now: float) -> None:
         """A client re-attached: re-send everything unacknowledged (DUP), then the queue."""
         w = self.window
-        conn = self.conn
-        if w is None or conn is None:
+        client = self.client
+        if w is None or client is None:
             return
         for pid, qos, state, item in w.resend():
             msg, retain, sub_ids, _ = item
             if state == AWAIT_PUBCOMP:
-                conn.send_pubrel(pid)
+                client.send_pubrel(pid)
             else:
-                conn.send_publish(msg, qos, retain, pid, True, sub_ids, now)
+                client.send_publish(msg, qos, retain, pid, True, sub_ids, now)
         self.release(now)
 
     def retry(self, interval: float, now: float) -> None:
         """MQTT 3.x: re-send (DUP) what has waited `interval` seconds for its ack on a live
         connection. The window stamps each message the first time it is checked."""
-        conn = self.conn
+        client = self.client
         for pid, qos, state, item in self.window.due(now, interval):
             msg, retain, sub_ids, _ = item
             if state == AWAIT_PUBCOMP:
-                conn.send_pubrel(pid)
+                client.send_pubrel(pid)
             else:
-                conn.send_publish(msg, qos, retain, pid, True, sub_ids, now)
+                client.send_publish(msg, qos, retain, pid, True, sub_ids, now)
 
     def forget(self, pid: int, qos: int, now: float) -> bool:
         """End `pid`'s flow as if the client had completed it: a message too large for the
@@ -208,8 +231,11 @@ class Session:
             return w.pubrec(pid)
         else:
             ok = w.pubcomp(pid)
-        if ok and w.queued_count:
-            self.release(now)
+        if ok:
+            if self.observer is not None:
+                self.observer.message_acked(self, pid)
+            if w.queued_count:
+                self.release(now)
         return ok
 
     def take_shared(self) -> list:
@@ -248,6 +274,14 @@ class Session:
         return any(sub.group is not None for sub in self.subscriptions.values())
 
     @property
+    def connected(self) -> bool:
+        return self.client is not None
+
+    @property
+    def inflight(self) -> int:
+        return 0 if self.window is None else self.window.inflight_count
+
+    @property
     def dropped(self) -> int:
         return 0 if self.window is None else self.window.dropped
 
@@ -263,4 +297,4 @@ class Session:
         return self.inbound
 
     def __repr__(self) -> str:
-        return f"Session({self.client_id!r}, online={self.conn is not None})"
+        return f"Session({self.client_id!r}, online={self.client is not None})"

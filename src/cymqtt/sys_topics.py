@@ -1,43 +1,28 @@
-"""$SYS/broker/... topics, as mosquitto names them, published (retained) every interval."""
+"""$SYS/broker/... topics, as mosquitto names them, from the metrics snapshot (metrics.collect).
+
+Pure: `topics(stats)` maps the snapshot to topic -> value; the broker publishes them, retained,
+every `sys_interval` seconds.
+"""
 from __future__ import annotations
 
-import asyncio
-from typing import TYPE_CHECKING
-
 from cymqtt._version import __version__
-from cymqtt.message import Message
 
-if TYPE_CHECKING:  # pragma: no cover
-    from cymqtt.broker import Broker
+__all__ = ["topics"]
 
 
-def snapshot(broker: Broker) -> dict[str, str]:
-    """Topic -> value of every $SYS topic right now."""
-    s = broker.stats
-    connected = broker.clients_connected
-    dropped = sum(sess.dropped for sess in broker.sessions.values())
+def topics(stats: dict[str, int]) -> dict[str, str]:
+    """Topic -> value of every $SYS topic for the snapshot `stats`."""
     return {
         "$SYS/broker/version": f"cymqtt {__version__}",
-        "$SYS/broker/uptime": f"{broker.uptime()} seconds",
-        "$SYS/broker/clients/connected": str(connected),
-        "$SYS/broker/clients/disconnected": str(len(broker.offline)),
-        "$SYS/broker/clients/total": str(connected + len(broker.offline)),
-        "$SYS/broker/messages/received": str(s.messages_received),
-        "$SYS/broker/messages/sent": str(s.messages_sent),
-        "$SYS/broker/publish/messages/dropped": str(dropped),
-        "$SYS/broker/bytes/received": str(s.bytes_received),
-        "$SYS/broker/bytes/sent": str(s.bytes_sent),
-        "$SYS/broker/subscriptions/count": str(broker.router.subscription_count),
-        "$SYS/broker/retained messages/count": str(len(broker.router.retained)),
+        "$SYS/broker/uptime": f"{stats['uptime']} seconds",
+        "$SYS/broker/clients/connected": str(stats["clients_connected"]),
+        "$SYS/broker/clients/disconnected": str(stats["clients_disconnected"]),
+        "$SYS/broker/clients/total": str(stats["sessions"]),
+        "$SYS/broker/messages/received": str(stats["messages_received"]),
+        "$SYS/broker/messages/sent": str(stats["messages_sent"]),
+        "$SYS/broker/publish/messages/dropped": str(stats["messages_dropped_queue_full"]),
+        "$SYS/broker/bytes/received": str(stats["bytes_received"]),
+        "$SYS/broker/bytes/sent": str(stats["bytes_sent"]),
+        "$SYS/broker/subscriptions/count": str(stats["subscriptions"]),
+        "$SYS/broker/retained messages/count": str(stats["retained_messages"]),
     }
-
-
-def publish(broker: Broker) -> None:
-    for topic, value in snapshot(broker).items():
-        broker.route(Message(topic, value.encode(), 0, True))
-
-
-async def publish_forever(broker: Broker, interval: float) -> None:
-    while True:
-        publish(broker)
-        await asyncio.sleep(interval)

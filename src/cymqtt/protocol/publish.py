@@ -1,0 +1,156 @@
+"""PUBLISH from a client, and the acknowledgements of both directions' QoS 1/2 flows.
+
+The hot path: `handle_publish` checks the packet, makes one `Message` and hands it to the
+router, which fans it out to sessions. When that leaves subscribers congested (their queues
+growing past what they drain), the publisher's input is held for a while (DESIGN rule 7).
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from cymqtt._fast.codec import encode_ack
+from cymqtt.consts import (
+    P_PAYLOAD_FORMAT, P_SUBSCRIPTION_ID, P_TOPIC_ALIAS, PUBACK, PUBCOMP, PUBREC, PUBREL,
+    RC_NO_MATCHING_SUBSCRIBERS, RC_NOT_AUTHORIZED, RC_PACKET_IDENTIFIER_NOT_FOUND,
+    RC_PAYLOAD_FORMAT_INVALID, RC_PROTOCOL_ERROR, RC_QOS_NOT_SUPPORTED,
+    RC_RECEIVE_MAXIMUM_EXCEEDED, RC_RETAIN_NOT_SUPPORTED, RC_SUCCESS, RC_TOPIC_ALIAS_INVALID,
+)
+from cymqtt.message import Message
+from cymqtt.protocol.errors import ProtocolViolation
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cymqtt.protocol.client import ClientProtocol
+
+__all__ = ["handle_ack", "handle_publish", "route"]
+
+log = logging.getLogger("cymqtt.protocol")
+
+THROTTLE_MAX = 0.5     # longest a publisher waits for congested subscribers before reading on
+
+
+def route(proto: ClientProtocol, msg: Message, now: float) -> int:
+    """Deliver `msg` from `proto`'s client; when it leaves draining subscribers congested
+    (Session.deliver), the client is not read until they drain (at most THROTTLE_MAX s)."""
+    router = proto.ctx.router
+    n = router.route(msg, now)
+    if router.congested:
+        congested = router.congested
+        router.congested = []
+        for session in congested:
+            client = session.client
+            if client is None or client is proto:
+                continue     # never wait for ourselves
+            if session.waiters is None:
+                session.waiters = set()
+            session.waiters.add(proto)
+            proto.throttle(THROTTLE_MAX)
+    return n
+
+
+def handle_publish(proto: ClientProtocol, pkt) -> None:
+    ctx = proto.ctx
+    config = ctx.config
+    qos = pkt.qos
+    topic = pkt.topic
+    props = pkt.properties
+    if props is not None:
+        if P_SUBSCRIPTION_ID in props:
+            raise ProtocolViolation(RC_PROTOCOL_ERROR, "PUBLISH from a client carries a "
+                                                       "subscription identifier [MQTT-3.3.4-6]")
+        alias = props.get(P_TOPIC_ALIAS)
+        if alias is not None:
+            topic = _resolve_alias(proto, alias, topic)
+            pkt.topic = topic
+    if qos > config.maximum_qos:
+        raise ProtocolViolation(RC_QOS_NOT_SUPPORTED, f"QoS {qos} exceeds the maximum QoS "
+                                                      f"{config.maximum_qos} [MQTT-3.2.2-11]")
+    if pkt.retain and not config.retain_available:
+        raise ProtocolViolation(RC_RETAIN_NOT_SUPPORTED, "retain is not available "
+                                                         "[MQTT-3.2.2-14]")
+    ctx.metrics.messages_received += 1
+    proto.received += 1
+    if props is not None and props.get(P_PAYLOAD_FORMAT) == 1 and \
+            config.validate_utf8_payload and not _is_utf8(pkt.payload):
+        # Chosen over DISCONNECT: the sender learns which message was refused, and keeps its
+        # connection [MQTT-3.3.2.3.2].
+        log.info("client %s: PUBLISH to %r says UTF-8 but is not; refused (0x99)",
+                 proto.client_id, topic)
+        if qos:
+            proto.send(encode_ack(PUBACK if qos == 1 else PUBREC, pkt.packet_id,
+                                  RC_PAYLOAD_FORMAT_INVALID, None, 5))
+        return
+    if topic[0] == "$":
+        # Clients cannot publish to $-topics ($SYS belongs to the broker).
+        log.debug("client %s: PUBLISH to %r refused ($-topic)", proto.client_id, topic)
+        if qos:
+            proto.send(encode_ack(PUBACK if qos == 1 else PUBREC, pkt.packet_id,
+                                  RC_NOT_AUTHORIZED, None, proto.version))
+        return
+    now = ctx.clock()
+    if qos == 0:
+        route(proto, Message.from_publish(pkt, proto.client_id, now), now)
+    elif qos == 1:
+        n = route(proto, Message.from_publish(pkt, proto.client_id, now), now)
+        proto.send(encode_ack(PUBACK, pkt.packet_id,
+                              RC_SUCCESS if n or proto.version < 5 else RC_NO_MATCHING_SUBSCRIBERS,
+                              None, proto.version))
+    else:
+        inbound = proto.session.inbound_qos2(config.receive_maximum
+                                             if proto.version == 5 else 65535)
+        r = inbound.receive(pkt.packet_id)
+        if r < 0:
+            raise ProtocolViolation(RC_RECEIVE_MAXIMUM_EXCEEDED,
+                                    "more QoS 2 messages in flight than the receive maximum "
+                                    "allows [MQTT-3.3.4-9]")
+        if r:
+            route(proto, Message.from_publish(pkt, proto.client_id, now), now)
+        proto.send(encode_ack(PUBREC, pkt.packet_id, RC_SUCCESS, None, proto.version))
+
+
+def _is_utf8(payload: bytes) -> bool:
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _resolve_alias(proto: ClientProtocol, alias: int, topic: str) -> str:
+    maximum = proto.ctx.config.topic_alias_maximum
+    if alias == 0 or alias > maximum:
+        raise ProtocolViolation(RC_TOPIC_ALIAS_INVALID, f"topic alias {alias} is outside "
+                                                        f"1..{maximum} [MQTT-3.3.2-9]")
+    aliases = proto.aliases_in
+    if topic:
+        if aliases is None:
+            aliases = proto.aliases_in = {}
+        aliases[alias] = topic
+        return topic
+    if aliases is None or alias not in aliases:
+        raise ProtocolViolation(RC_PROTOCOL_ERROR, f"topic alias {alias} used before it was set")
+    return aliases[alias]
+
+
+def handle_ack(proto: ClientProtocol, pkt) -> None:
+    """PUBACK, PUBREC and PUBCOMP for messages we sent; PUBREL for a QoS 2 message we got."""
+    t = pkt.type
+    session = proto.session
+    now = proto.ctx.clock()
+    if t == PUBREL:
+        found = session.inbound is not None and session.inbound.release(pkt.packet_id)
+        proto.send(encode_ack(PUBCOMP, pkt.packet_id,
+                              RC_SUCCESS if found else RC_PACKET_IDENTIFIER_NOT_FOUND, None,
+                              proto.version))
+    elif t == PUBREC:
+        if pkt.reason_code >= 0x80:
+            # The client refused the message: the QoS 2 flow ends here [MQTT-4.3.3-4].
+            session.last_ack = now
+            session.forget(pkt.packet_id, 2, now)
+            return
+        found = session.ack(PUBREC, pkt.packet_id, now)
+        proto.send(encode_ack(PUBREL, pkt.packet_id,
+                              RC_SUCCESS if found else RC_PACKET_IDENTIFIER_NOT_FOUND, None,
+                              proto.version))
+    else:
+        session.ack(t, pkt.packet_id, now)

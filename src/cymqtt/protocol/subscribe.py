@@ -1,0 +1,69 @@
+"""SUBSCRIBE and UNSUBSCRIBE: filter checks, the registry's subscription table, and the retained
+messages a new subscription receives."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cymqtt._fast.codec import SubAck, encode
+from cymqtt.consts import (
+    P_SUBSCRIPTION_ID, RC_NO_SUBSCRIPTION_EXISTED, RC_SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
+    RC_SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED, RC_SUCCESS, RC_UNSPECIFIED_ERROR,
+    RC_WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED, SUBACK, UNSUBACK,
+)
+from cymqtt.protocol.errors import ProtocolViolation
+from cymqtt.router import split_shared
+from cymqtt.session import Subscription
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cymqtt.protocol.client import ClientProtocol
+
+__all__ = ["handle_subscribe", "handle_unsubscribe"]
+
+
+def handle_subscribe(proto: ClientProtocol, pkt) -> None:
+    ctx = proto.ctx
+    config = ctx.config
+    registry = ctx.registry
+    session = proto.session
+    now = ctx.clock()
+    sub_id = None
+    if pkt.properties and P_SUBSCRIPTION_ID in pkt.properties:
+        if not config.subscription_identifier_available:
+            raise ProtocolViolation(RC_SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+                                    "subscription identifiers are not supported")
+        sub_id = pkt.properties[P_SUBSCRIPTION_ID][0]
+    codes = []
+    retained: list = []
+    for full_filter, options in pkt.topics:
+        group, topic_filter = split_shared(full_filter)
+        if group is not None and not config.shared_subscription_available:
+            codes.append(RC_SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
+            continue
+        if not config.wildcard_subscription_available and ("+" in topic_filter
+                                                           or "#" in topic_filter):
+            codes.append(RC_WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED)
+            continue
+        qos = min(options & 3, config.maximum_qos)
+        options = (options & ~3) | qos
+        sub = Subscription(session, full_filter, topic_filter, group, options, sub_id)
+        existed = registry.subscribe(session, sub)
+        codes.append(qos)
+        if group is None and config.retain_available and (
+                sub.retain_handling == 0 or (sub.retain_handling == 1 and not existed)):
+            retained.append(sub)
+    if proto.version < 5:
+        # MQTT 3.x knows one failure code, 0x80 [MQTT-3.9.3-2].
+        codes = [c if c < 0x80 else RC_UNSPECIFIED_ERROR for c in codes]
+    proto.send(encode(SubAck(SUBACK, pkt.packet_id, codes), proto.version))
+    for sub in retained:
+        ids = [sub.sub_id] if sub.sub_id else None
+        for msg in ctx.retained.match(sub.topic_filter, now):
+            session.deliver(msg, min(msg.qos, sub.qos), True, ids, now)
+
+
+def handle_unsubscribe(proto: ClientProtocol, pkt) -> None:
+    registry = proto.ctx.registry
+    session = proto.session
+    codes = [RC_SUCCESS if registry.unsubscribe(session, full_filter)
+             else RC_NO_SUBSCRIPTION_EXISTED for full_filter in pkt.topics]
+    proto.send(encode(SubAck(UNSUBACK, pkt.packet_id, codes), proto.version))

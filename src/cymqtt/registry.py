@@ -1,0 +1,243 @@
+"""Registry: the one owner of sessions, from CONNECT to expiry.
+
+Client id -> `Session`: create, take over, attach and detach a client, subscribe and
+unsubscribe, expire (given `now`), end; the wills of attached clients and the delayed wills of
+gone ones live here too, so a session's whole life is in this file. What must outlive the
+process (a store) or be known to other nodes (a cluster) subscribes to its events through
+`add_listener`; nothing else writes sessions.
+
+Sans-I/O: no loop, no clock (every method that needs the time takes `now`), no sockets. An
+attached client is reached through the `session.Client` interface plus `kick()`, which the
+registry calls to close a connection whose session was taken over.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+from cymqtt.consts import NEVER, RC_SESSION_TAKEN_OVER
+from cymqtt.session import Session, Subscription, Will
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cymqtt.config import Config
+    from cymqtt.message import Message
+    from cymqtt.metrics import Metrics
+    from cymqtt.router import Router
+    from cymqtt.session import Client
+
+__all__ = ["Registry", "RegistryListener"]
+
+log = logging.getLogger("cymqtt.registry")
+
+
+class RegistryListener:
+    """Events of the registry, for a store or a cluster to act on. Override what you need; the
+    defaults do nothing. Called synchronously on the loop thread, so keep them short (queue the
+    work, commit it off the loop)."""
+
+    def session_created(self, session: Session) -> None:
+        """A new session (CONNECT with clean start, or an unknown client id)."""
+
+    def session_ended(self, session: Session) -> None:
+        """A session is gone: clean disconnect, expiry, or replaced by a clean start."""
+
+    def subscribed(self, session: Session, sub: Subscription) -> None:
+        """A subscription was added or replaced (same filter, new options)."""
+
+    def unsubscribed(self, session: Session, sub: Subscription) -> None:
+        """A subscription was removed by UNSUBSCRIBE (not when its session ended)."""
+
+    def message_queued(self, session: Session, msg: Message, qos: int) -> None:
+        """The session's window accepted `msg` (sent now, or queued behind the window)."""
+
+    def message_acked(self, session: Session, packet_id: int) -> None:
+        """The client completed the flow of `packet_id` (PUBACK, or PUBCOMP for QoS 2)."""
+
+
+class Kickable(Protocol):
+    def kick(self, reason_code: int, text: str) -> None:
+        """Close this connection on the broker's initiative (takeover): no will of its own."""
+
+
+class _Fanout(RegistryListener):
+    # Session.observer when several listeners are registered: one call each.
+    def __init__(self, listeners: list[RegistryListener]) -> None:
+        self.listeners = listeners
+
+    def message_queued(self, session: Session, msg: Message, qos: int) -> None:
+        for listener in self.listeners:
+            listener.message_queued(session, msg, qos)
+
+    def message_acked(self, session: Session, packet_id: int) -> None:
+        for listener in self.listeners:
+            listener.message_acked(session, packet_id)
+
+
+class Registry:
+    """Sessions by client id; the offline ones by expiry; delayed wills by deadline."""
+
+    def __init__(self, config: Config, router: Router, metrics: Metrics) -> None:
+        self._config = config
+        self._router = router
+        self._metrics = metrics
+        self.sessions: dict[str, Session] = {}
+        self.offline: dict[str, Session] = {}        # detached sessions waiting for expiry
+        self.pending_wills: dict[str, tuple[float, Will]] = {}   # client id -> (due, will)
+        self._listeners: list[RegistryListener] = []
+        self._observer: RegistryListener | None = None
+
+    # -- events --------------------------------------------------------------------------------
+
+    def add_listener(self, listener: RegistryListener) -> None:
+        """Receive every event from now on (sessions that exist already included)."""
+        self._listeners.append(listener)
+        ls = self._listeners
+        self._observer = ls[0] if len(ls) == 1 else _Fanout(list(ls))
+        for session in self.sessions.values():
+            session.observer = self._observer
+
+    def _emit(self, event: str, *args) -> None:
+        for listener in self._listeners:
+            getattr(listener, event)(*args)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def get(self, client_id: str) -> Session | None:
+        return self.sessions.get(client_id)
+
+    def connected_count(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.client is not None)
+
+    # -- connect and disconnect ----------------------------------------------------------------
+
+    def connect(self, client: Client, client_id: str, clean_start: bool, version: int,
+                expiry: int, requested_expiry: int, will: Will | None,
+                now: float) -> tuple[Session, bool]:
+        """Attach `client` to the session of `client_id`, taking it over from a connection that
+        holds it [MQTT-3.1.4-2] and starting afresh on clean start [MQTT-3.1.2-4]. Returns the
+        session and whether it was present (CONNACK session present)."""
+        session = self.sessions.get(client_id)
+        if session is not None and session.client is not None:
+            old: Kickable = session.client  # type: ignore[assignment]
+            log.info("client %s: taken over by a new connection", client_id)
+            self._process_will(session, now, ending=clean_start)
+            session.client = None
+            old.kick(RC_SESSION_TAKEN_OVER, "session taken over")
+        present = session is not None and not clean_start
+        if present:
+            self.pending_wills.pop(client_id, None)   # reconnected in time [MQTT-3.1.3-9]
+        else:
+            if session is not None:
+                self.end(session, now)
+            session = Session(client_id, self._config)
+            session.observer = self._observer
+            self.sessions[client_id] = session
+            self._emit("session_created", session)
+        self.offline.pop(client_id, None)
+        session.expiry_interval = expiry
+        session.requested_expiry = requested_expiry
+        session.will = will
+        session.attach(client, version)
+        return session, present
+
+    def detach(self, session: Session, now: float) -> None:
+        """Its connection is gone: publish or delay the will, then end the session or keep it
+        until it expires."""
+        session.client = None
+        session.wake_waiters()
+        ending = session.expiry_interval == 0
+        self._redispatch_shared(session, ending, now)
+        self._process_will(session, now, ending)
+        if ending:
+            self.end(session, now)
+        else:
+            session.expires_at = (None if session.expiry_interval == NEVER
+                                  else now + session.expiry_interval)
+            self.offline[session.client_id] = session
+
+    def discard_will(self, session: Session) -> None:
+        """The client disconnected normally (DISCONNECT without 0x04), or the broker is
+        shutting down: its will is not published [MQTT-3.1.2-10]."""
+        session.will = None
+
+    def end(self, session: Session, now: float) -> None:
+        """Discard a session: its subscriptions, queue and inflight messages. A delayed will
+        still waiting is published now (MQTT 5: the earlier of delay and session end)."""
+        self._redispatch_shared(session, True, now)
+        self._router.remove_session(session)
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+            self._metrics.dropped_ended_sessions += session.dropped
+            self._emit("session_ended", session)
+        self.offline.pop(session.client_id, None)
+        pending = self.pending_wills.pop(session.client_id, None)
+        if pending is not None:
+            self.publish_will(pending[1], now)
+
+    # -- subscriptions -------------------------------------------------------------------------
+
+    def subscribe(self, session: Session, sub: Subscription) -> bool:
+        """Add or replace `sub`; True when the session had that filter already."""
+        existed = sub.full_filter in session.subscriptions
+        session.subscriptions[sub.full_filter] = sub
+        self._router.subscribe(sub)
+        self._emit("subscribed", session, sub)
+        return existed
+
+    def unsubscribe(self, session: Session, full_filter: str) -> bool:
+        """False when the session has no such subscription."""
+        sub = session.subscriptions.pop(full_filter, None)
+        if sub is None:
+            return False
+        self._router.unsubscribe(sub)
+        self._emit("unsubscribed", session, sub)
+        return True
+
+    # -- time ----------------------------------------------------------------------------------
+
+    def expired(self, now: float) -> list[Session]:
+        """Offline sessions whose expiry has passed (read only; `end` each one)."""
+        return [s for s in self.offline.values()
+                if s.expires_at is not None and now >= s.expires_at]
+
+    def wills_due(self, now: float) -> list[str]:
+        """Client ids whose delayed will is due (read only; `fire_will` each one)."""
+        return [cid for cid, (due, _) in self.pending_wills.items() if now >= due]
+
+    def fire_will(self, client_id: str, now: float) -> None:
+        pending = self.pending_wills.pop(client_id, None)
+        if pending is not None:
+            self.publish_will(pending[1], now)
+
+    # -- wills ---------------------------------------------------------------------------------
+
+    def _process_will(self, session: Session, now: float, ending: bool) -> None:
+        # The connection ended without a normal DISCONNECT: publish its will now, or after its
+        # delay (MQTT 5: the delay ends early when the session ends) [MQTT-3.1.2-8].
+        will = session.will
+        session.will = None
+        if will is None:
+            return
+        if will.delay and not ending:
+            delay = will.delay
+            if session.expiry_interval != NEVER:
+                delay = min(delay, session.expiry_interval)
+            self.pending_wills[session.client_id] = (now + delay, will)
+        else:
+            self.publish_will(will, now)
+
+    def publish_will(self, will: Will, now: float) -> None:
+        msg = will.message
+        msg.start_expiry(now)           # a will's message expiry runs from its publication
+        log.debug("publishing will of %s to %r", msg.sender, msg.topic)
+        self._router.route(msg, now)
+        self._router.congested.clear()  # nobody to slow down: the publisher is gone
+
+    def _redispatch_shared(self, session: Session, ending: bool, now: float) -> None:
+        # Shared-subscription messages the leaving member did not acknowledge go to another
+        # member (MQTT 5 section 4.8.2); when none is connected they stay with this session.
+        if session.window is None or not session.has_shared:
+            return
+        for qos, item in session.take_shared():
+            if not self._router.redispatch(qos, item, session, now) and not ending:
+                session.window.submit(item, qos, False)
