@@ -17,8 +17,22 @@ from typing import Any, Callable
 from cymqtt._fast.codec import FrameParser, encode
 
 
+class TestClock:
+    """The broker's clock in tests: real monotonic time plus what the test fast-forwarded, so
+    deadlines the broker stamps (message expiry, keep alive) pass without sleeping."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
 class BrokerThread:
-    """A Broker running on its own loop in a daemon thread."""
+    """A Broker running on its own loop in a daemon thread, on a `TestClock` (`clock`)."""
 
     def __init__(self, loop_kind: str = "asyncio", **overrides: Any) -> None:
         from cymqtt.broker import Broker
@@ -26,7 +40,8 @@ class BrokerThread:
         overrides.setdefault("port", 0)
         overrides.setdefault("host", "127.0.0.1")
         overrides.setdefault("sys_interval", 0)
-        self.broker = Broker(**overrides)
+        self.clock = TestClock()
+        self.broker = Broker(clock=self.clock, **overrides)
         if loop_kind == "uvloop":
             import uvloop
             self.loop = uvloop.new_event_loop()
@@ -55,7 +70,8 @@ class BrokerThread:
         return fut.result(timeout)
 
     def sweep(self, advance: float = 0.0) -> None:
-        """Run the broker's timed rules as if `advance` seconds had passed."""
+        """Run the broker's timed rules as if `advance` seconds had passed (the clock itself
+        does not move; `clock.advance` moves it)."""
         self.call(lambda: self.broker.sweep(self.broker.now() + advance))
 
     def stop(self) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
@@ -389,7 +388,7 @@ def test_pingreq_gets_pingresp_and_keeps_alive(broker, raw_client):
     """PINGREQ is answered with PINGRESP [MQTT-3.12.4-1], and any control packet resets the
     keep alive timer: after a ping at 1 s, the connection survives to 3.5 s (limit 3 s)."""
     c, _ = connect_raw(raw_client, "pinger", 4, keepalive=2)
-    time.sleep(1.0)
+    broker.clock.advance(1.0)
     c.send(b"\xc0\x00")
     assert recv_exact(c, 2) == b"\xd0\x00"
     broker.sweep(2.5)                   # 2.5 s after the ping (3.5 s after CONNECT): kept
