@@ -14,8 +14,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from cymqtt._fast.codec import validate_topic_name
-from cymqtt._fast.errors import CodecError
+from cymqtt._fast.codec import encode_publish, validate_topic_name
 from cymqtt._version import __version__
 from cymqtt.auth import Authenticator
 from cymqtt.config import Config
@@ -149,8 +148,11 @@ class Broker:
             raise ValueError(f"topic must be a str, not {type(topic).__name__}")
         try:
             validate_topic_name(topic)
-        except CodecError as exc:
-            raise ValueError(f"cannot publish to {topic!r}: {exc}") from None
+            if len(topic.encode()) > 65535:
+                raise ValueError("a topic is at most 65,535 bytes of UTF-8 [MQTT-1.5.4-1]")
+        except ValueError as exc:           # CodecError is one
+            shown = topic if len(topic) <= 60 else topic[:60] + "..."
+            raise ValueError(f"cannot publish to {shown!r}: {exc}") from None
         if qos not in (0, 1, 2) or isinstance(qos, bool):
             raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
         if isinstance(payload, str):
@@ -159,8 +161,14 @@ class Broker:
             payload = bytes(payload)
         elif not isinstance(payload, bytes):
             raise ValueError(f"payload must be bytes or str, not {type(payload).__name__}")
-        if properties is not None and not isinstance(properties, dict):
-            raise ValueError("properties must be a dict of MQTT 5 property id -> value")
+        if properties is not None:
+            if not isinstance(properties, dict):
+                raise ValueError("properties must be a dict of MQTT 5 property id -> value")
+            try:    # encoding once checks every id and value before anything is delivered
+                encode_publish(topic, payload, qos, bool(retain), False, 1 if qos else 0,
+                               properties, 5)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"bad MQTT 5 properties {properties!r}: {exc}") from None
         now = self._clock()
         msg = Message(topic, payload, qos, bool(retain), properties or None)
         msg.start_expiry(now)
