@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from cymqtt._fast.codec import Auth, Connect, Disconnect, Publish, Subscribe
+from cymqtt._fast.codec import Auth, Connect, Disconnect, Publish, Subscribe, encode
 from cymqtt.auth import AuthExchange, Authenticator, AuthStep, scram_client_proof
 from _testbase import BrokerThread, RawClient
 
@@ -209,4 +209,64 @@ def test_an_exception_while_serving_one_connection_closes_only_that_one(caplog):
         pub.send_packet(Publish("t", b"still here"))
         assert other.recv_packet().payload == b"still here"
     finally:
+        bt.stop()
+
+
+class Slow(Authenticator):
+    """A plug-in whose decision takes time off the event loop (a password hash, a call to
+    another service): step() returns an asyncio future from run_in_executor."""
+
+    method = "SLOW"
+
+    def __init__(self) -> None:
+        import threading
+        self.release = threading.Event()     # the test decides when the answer comes
+
+    def start(self, client_id, username):
+        import asyncio
+        release = self.release
+
+        class Exchange(AuthExchange):
+            def step(self, data):
+                def decide():
+                    release.wait(10)
+                    if data == b"let-me-in":
+                        return AuthStep.success()
+                    return AuthStep.failure(0x86, "no")
+                return asyncio.get_running_loop().run_in_executor(None, decide)
+        return Exchange()
+
+
+def test_a_pending_connect_decision_holds_that_client_only():
+    """A CONNECT whose authenticator answers later: the broker reads nothing more from that
+    client meanwhile (a SUBSCRIBE sent right behind the CONNECT is handled after CONNACK, in
+    order), and every other client is served as usual while it waits."""
+    slow = Slow()
+    bt = BrokerThread(authenticators=[slow], sys_interval=0)
+    try:
+        c = RawClient(bt.port, 5)
+        c.send(encode(Connect("waiting", version=5, properties={0x15: "SLOW", 0x16: b"let-me-in"}),
+                      5) + encode(Subscribe(1, [("held/#", 1)]), 5))
+        other = RawClient(bt.port, 5)
+        other.send_packet(Connect("other", version=5))
+        assert other.recv_packet().reason_code == 0
+        other.send_packet(Subscribe(1, [("free", 0)]))
+        assert other.recv_packet().name == "SUBACK"
+        other.send_packet(Publish("free", b"not held up"))
+        assert other.recv_packet().payload == b"not held up"
+        with pytest.raises(TimeoutError):
+            c.recv_packet(timeout=0.2)           # still deciding: nothing for this client
+        slow.release.set()
+        ack = c.recv_packet()
+        assert ack.name == "CONNACK" and ack.reason_code == 0
+        assert c.recv_packet().name == "SUBACK"
+        other.send_packet(Publish("held/x", b"now subscribed"))
+        assert c.recv_packet().payload == b"now subscribed"
+        refused = RawClient(bt.port, 5)
+        refused.send_packet(Connect("r", version=5, properties={0x15: "SLOW", 0x16: b"bad"}))
+        ack = refused.recv_packet()
+        assert ack.name == "CONNACK" and ack.reason_code == 0x86
+        assert refused.closed()
+    finally:
+        slow.release.set()
         bt.stop()
