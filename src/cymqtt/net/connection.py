@@ -115,7 +115,7 @@ class Connection(asyncio.Protocol):
         if t is None:
             return
         try:
-            self.flush()
+            self._flusher.metrics.bytes_sent += self.flush()
         finally:
             t.close()
 
