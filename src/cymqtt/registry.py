@@ -117,13 +117,16 @@ class Registry:
         holds it [MQTT-3.1.4-2] and starting afresh on clean start [MQTT-3.1.2-4]. Returns the
         session and whether it was present (CONNACK session present)."""
         session = self.sessions.get(client_id)
+        # A session with expiry 0 lasts as long as its connection [MQTT-3.1.2-6], so taking
+        # over that connection ends it, whatever the new CONNECT's clean start says.
+        fresh = clean_start or (session is not None and session.expiry_interval == 0)
         if session is not None and session.client is not None:
             old: Kickable = session.client  # type: ignore[assignment]
             log.info("client %s: taken over by a new connection", client_id)
-            self._process_will(session, now, ending=clean_start)
+            self._process_will(session, now, ending=fresh)
             session.client = None
             old.kick(RC_SESSION_TAKEN_OVER, "session taken over")
-        present = session is not None and not clean_start
+        present = session is not None and not fresh
         if present:
             self.pending_wills.pop(client_id, None)   # reconnected in time [MQTT-3.1.3-9]
         else:

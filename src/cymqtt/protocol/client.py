@@ -170,7 +170,8 @@ class ClientProtocol:
         ctx = self.ctx
         self.last_rx = ctx.clock()
         ctx.metrics.bytes_received += len(data)
-        if self.state == CONN_NEW and data and data[0] != 0x10 and not self.parser.buffered:
+        if self.state == CONN_NEW and self.pending is None and data and data[0] != 0x10 \
+                and not self.parser.buffered:
             # The first packet must be a CONNECT [MQTT-3.1.0-1]: its first byte says so; do not
             # wait for a body that garbage (HTTP, TLS, ...) announces.
             self.fail(RC_PROTOCOL_ERROR, "the first packet is not CONNECT [MQTT-3.1.0-1]")
