@@ -107,8 +107,8 @@ class Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+        if self.transport is not None:
+            self.transport.resume_reading()     # a no-op on a closing transport
 
     def close(self) -> None:
         t = self.transport
