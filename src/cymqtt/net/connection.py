@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.context import Context
     from cymqtt.metrics import Metrics
 
-__all__ = ["Connection", "Flusher"]
+__all__ = ["Connection", "Endpoint", "Flusher"]
 
 
 class Flusher:
@@ -44,24 +44,38 @@ class Flusher:
         self.metrics.bytes_sent += sent
 
 
+class Endpoint:
+    """What every connection of one listener shares (one reference per connection rather than
+    three: idle connections stay small, DESIGN rule 5)."""
+
+    __slots__ = ("name", "flusher", "connections")
+
+    def __init__(self, name: str, flusher: Flusher, connections: set[Connection]) -> None:
+        self.name = name
+        self.flusher = flusher
+        self.connections = connections       # every open connection of the listener set
+
+
 class Connection(asyncio.Protocol):
-    """One accepted socket. `connections` is the listener set's registry of open ones."""
+    """One accepted socket of `endpoint`'s listener."""
 
-    __slots__ = ("protocol", "transport", "_flusher", "_connections", "listener")
+    __slots__ = ("protocol", "transport", "_endpoint")
 
-    def __init__(self, ctx: Context, flusher: Flusher, connections: set,
-                 listener: str = "mqtt") -> None:
+    def __init__(self, ctx: Context, endpoint: Endpoint) -> None:
         self.protocol = ClientProtocol(ctx, self)
         self.transport: asyncio.Transport | None = None
-        self._flusher = flusher
-        self._connections = connections
-        self.listener = listener
+        self._endpoint = endpoint
+
+    @property
+    def listener(self) -> str:
+        """The name of the listener that accepted it."""
+        return self._endpoint.name
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self._connections.add(self)
+        self._endpoint.connections.add(self)
         self.protocol.ctx.metrics.connections_total += 1
 
     def data_received(self, data: bytes) -> None:
@@ -74,7 +88,7 @@ class Connection(asyncio.Protocol):
         self.protocol.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._connections.discard(self)
+        self._endpoint.connections.discard(self)
         self.protocol.connection_lost()
 
     # -- ClientIO: what the protocol asks of the socket ----------------------------------------
@@ -88,7 +102,7 @@ class Connection(asyncio.Protocol):
         return str(peer) if peer else "?"
 
     def wake(self) -> None:
-        fl = self._flusher
+        fl = self._endpoint.flusher
         fl.dirty.append(self)
         if fl.handle is None:
             fl.handle = fl.loop.call_soon(fl.flush)
@@ -115,7 +129,7 @@ class Connection(asyncio.Protocol):
         if t is None:
             return
         try:
-            self._flusher.metrics.bytes_sent += self.flush()
+            self._endpoint.flusher.metrics.bytes_sent += self.flush()
         finally:
             t.close()
 
@@ -124,10 +138,10 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
     def call_soon(self, callback: Callable[[], None]) -> None:
-        self._flusher.loop.call_soon(callback)
+        self._endpoint.flusher.loop.call_soon(callback)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> None:
-        self._flusher.loop.call_later(delay, callback)
+        self._endpoint.flusher.loop.call_later(delay, callback)
 
     def __repr__(self) -> str:
         return f"<Connection {self.protocol.client_id!r} {self.peer}>"

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cymqtt.net.connection import Connection, Flusher
+from cymqtt.net.connection import Connection, Endpoint, Flusher
 
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.config import Config
@@ -45,6 +45,7 @@ class ListenerSet:
         self.connections: set[Connection] = set()
         self._servers: list[tuple[ListenerSpec, asyncio.base_events.Server]] = []
         self.flusher: Flusher | None = None
+        self._endpoints: dict[str, Endpoint] = {}
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind them all; raises OSError (port in use, say) with nothing left bound."""
@@ -64,11 +65,13 @@ class ListenerSet:
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Use `loop` for the coalesced writes (start() does this)."""
         self.flusher = Flusher(loop, self._ctx.metrics)
+        self._endpoints = {spec.name: Endpoint(spec.name, self.flusher, self.connections)
+                           for spec in self.specs}
 
     def make_connection(self, listener: str = "mqtt") -> Connection:
         """The asyncio protocol for one accepted socket of `listener` (after bind_loop)."""
         assert self.flusher is not None, "bind_loop() first"
-        return Connection(self._ctx, self.flusher, self.connections, listener)
+        return Connection(self._ctx, self._endpoints[listener])
 
     @staticmethod
     def _port_of(server: asyncio.base_events.Server) -> int:
