@@ -121,7 +121,7 @@ class ClientProtocol:
         "ctx", "io", "parser", "state", "session", "client_id", "version", "keepalive",
         "last_rx", "created", "outbox", "out_bytes", "writable", "tx_paused", "paused_since",
         "max_packet_out", "aliases_in", "aliases_out", "alias_out_max", "problem_info",
-        "receive_maximum", "username", "auth_method", "auth_exchange", "pending_connect",
+        "receive_maximum", "username", "auth",
         "throttled", "waiting", "pending", "received", "sent",
     )
 
@@ -147,9 +147,7 @@ class ClientProtocol:
         self.problem_info = True          # MQTT 5 request problem information
         self.receive_maximum = 65535      # the client's, for what we send it
         self.username: str | None = None
-        self.auth_method: str | None = None   # MQTT 5 enhanced authentication method
-        self.auth_exchange = None             # the AuthExchange under way, if any
-        self.pending_connect = None           # CONNECT waiting for its AUTH exchange
+        self.auth = None                      # connect.EnhancedAuth, with an auth method
         self.throttled = False                # its subscribers are congested: hold its input
         self.waiting = False                  # a decision (an authenticator's) is pending
         self.pending: list | None = None      # parsed packets held while throttled or waiting

@@ -29,7 +29,19 @@ from cymqtt.session import Will
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.protocol.client import ClientProtocol
 
-__all__ = ["handle_auth", "handle_before_connect", "handle_connect"]
+__all__ = ["EnhancedAuth", "handle_auth", "handle_before_connect", "handle_connect"]
+
+
+class EnhancedAuth:
+    """A connection's MQTT 5 enhanced authentication (ClientProtocol.auth; None for the many
+    connections that use none, so they do not carry three empty fields)."""
+
+    __slots__ = ("method", "exchange", "pending_connect")
+
+    def __init__(self, method: str, exchange, pending_connect: tuple | None) -> None:
+        self.method = method                      # the authentication method of CONNECT
+        self.exchange = exchange                  # the AuthExchange under way, or None
+        self.pending_connect = pending_connect    # (CONNECT, assigned id) until it succeeds
 
 
 def handle_connect(proto: ClientProtocol, pkt) -> None:
@@ -83,9 +95,8 @@ def handle_connect(proto: ClientProtocol, pkt) -> None:
         if authenticator is None:
             raise ProtocolViolation(RC_BAD_AUTHENTICATION_METHOD,
                                     f"authentication method {method!r} is not supported")
-        proto.auth_method = method
-        proto.auth_exchange = authenticator.start(client_id, pkt.username)
-        proto.pending_connect = (pkt, assigned)
+        proto.auth = EnhancedAuth(method, authenticator.start(client_id, pkt.username),
+                                  (pkt, assigned))
         proto.state = CONN_AUTH
         _auth_step(proto, props.get(P_AUTH_DATA))
         return
@@ -112,25 +123,25 @@ def _decide(proto: ClientProtocol, answer, then: Callable[[AuthStep], None]) -> 
 
 def _auth_step(proto: ClientProtocol, data: bytes | None) -> None:
     """Feed the client's authentication data to the exchange and act on its answer."""
-    _decide(proto, proto.auth_exchange.step(data), lambda step: _auth_stepped(proto, step))
+    _decide(proto, proto.auth.exchange.step(data), lambda step: _auth_stepped(proto, step))
 
 
 def _auth_stepped(proto: ClientProtocol, step: AuthStep) -> None:
     if step.status == CONTINUE:
         proto.send(encode(Auth(RC_CONTINUE_AUTHENTICATION,
-                               {P_AUTH_METHOD: proto.auth_method,
+                               {P_AUTH_METHOD: proto.auth.method,
                                 P_AUTH_DATA: step.data or b""}), 5))
         return
-    proto.auth_exchange = None
+    proto.auth.exchange = None
     if step.status != SUCCESS:
         raise ProtocolViolation(step.reason_code or RC_NOT_AUTHORIZED,
                                 step.reason or "authentication failed")
-    ack = {P_AUTH_METHOD: proto.auth_method}
+    ack = {P_AUTH_METHOD: proto.auth.method}
     if step.data:
         ack[P_AUTH_DATA] = step.data
     if proto.state == CONN_AUTH:
-        pkt, assigned = proto.pending_connect
-        proto.pending_connect = None
+        pkt, assigned = proto.auth.pending_connect
+        proto.auth.pending_connect = None
         proto.state = CONN_NEW
         _complete_connect(proto, pkt, assigned, ack)
     else:
@@ -219,11 +230,12 @@ def _make_will(client_id: str, pkt) -> Will:
 def handle_auth(proto: ClientProtocol, pkt) -> None:
     """MQTT 5 enhanced authentication: the rest of a CONNECT's exchange (0x18), or a
     re-authentication on a live connection (0x19, then 0x18s) [MQTT-4.12]."""
-    if proto.auth_method is None:
+    auth = proto.auth
+    if auth is None:
         raise ProtocolViolation(RC_PROTOCOL_ERROR, "AUTH without an authentication method in "
                                                    "CONNECT [MQTT-3.15.2-1]")
     props = pkt.properties or {}
-    if props.get(P_AUTH_METHOD) != proto.auth_method:
+    if props.get(P_AUTH_METHOD) != auth.method:
         raise ProtocolViolation(RC_PROTOCOL_ERROR, "AUTH names another authentication method "
                                                    "than CONNECT [MQTT-4.12.0-5]")
     rc = pkt.reason_code
@@ -231,9 +243,9 @@ def handle_auth(proto: ClientProtocol, pkt) -> None:
         if rc != RC_CONTINUE_AUTHENTICATION:
             raise ProtocolViolation(RC_PROTOCOL_ERROR, f"AUTH reason 0x{rc:02X} during CONNECT")
     elif rc == RC_REAUTHENTICATE:
-        authenticator = proto.ctx.auth.authenticator(proto.auth_method)
-        proto.auth_exchange = authenticator.start(proto.client_id, proto.username)
-    elif rc != RC_CONTINUE_AUTHENTICATION or proto.auth_exchange is None:
+        authenticator = proto.ctx.auth.authenticator(auth.method)
+        auth.exchange = authenticator.start(proto.client_id, proto.username)
+    elif rc != RC_CONTINUE_AUTHENTICATION or auth.exchange is None:
         raise ProtocolViolation(RC_PROTOCOL_ERROR, f"unexpected AUTH reason 0x{rc:02X}")
     _auth_step(proto, props.get(P_AUTH_DATA))
 
