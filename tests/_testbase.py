@@ -15,6 +15,7 @@ from concurrent.futures import Future
 from typing import Any, Callable
 
 from cymqtt._fast.codec import FrameParser, encode
+from cymqtt.registry import RegistryListener
 
 
 class TestClock:
@@ -133,3 +134,32 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class EventRecorder(RegistryListener):
+    """Every registry event as a tuple, in order (what a store or a cluster would see)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def take(self) -> list[tuple]:
+        events, self.events = self.events, []
+        return events
+
+    def session_created(self, session):
+        self.events.append(("created", session.client_id))
+
+    def session_ended(self, session):
+        self.events.append(("ended", session.client_id))
+
+    def subscribed(self, session, sub):
+        self.events.append(("subscribed", session.client_id, sub.full_filter, sub.qos))
+
+    def unsubscribed(self, session, sub):
+        self.events.append(("unsubscribed", session.client_id, sub.full_filter))
+
+    def message_queued(self, session, msg, qos):
+        self.events.append(("queued", session.client_id, msg.topic, msg.payload, qos))
+
+    def message_acked(self, session, packet_id):
+        self.events.append(("acked", session.client_id, packet_id))

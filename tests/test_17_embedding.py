@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cymqtt.registry import RegistryListener
+from _testbase import EventRecorder
 from helpers_paho import V5, V311, wait_until
 from mqtt_bytes import connect, subscribe
 
@@ -75,34 +75,11 @@ def test_clients_and_stats_describe_connected_clients(broker, paho):
     assert stats["clients_total"] == 2
 
 
-class Recorder(RegistryListener):
-    def __init__(self) -> None:
-        self.events: list[tuple] = []
-
-    def session_created(self, session):
-        self.events.append(("created", session.client_id))
-
-    def session_ended(self, session):
-        self.events.append(("ended", session.client_id))
-
-    def subscribed(self, session, sub):
-        self.events.append(("subscribed", session.client_id, sub.full_filter, sub.qos))
-
-    def unsubscribed(self, session, sub):
-        self.events.append(("unsubscribed", session.client_id, sub.full_filter))
-
-    def message_queued(self, session, msg, qos):
-        self.events.append(("queued", session.client_id, msg.topic, qos))
-
-    def message_acked(self, session, packet_id):
-        self.events.append(("acked", session.client_id, packet_id))
-
-
 def test_registry_events_follow_a_persistent_session(broker, paho):
     """What a store would see: a persistent session created, its subscription, a QoS 1 message
     queued while it is offline and acknowledged after it returns, the unsubscription, and its
     end when it reconnects with clean start."""
-    rec = Recorder()
+    rec = EventRecorder()
     broker.call(lambda: broker.broker.add_listener(rec))
     s = paho("ev", V5, session_expiry=60)
     s.subscribe("ev/#", 1)
@@ -119,6 +96,6 @@ def test_registry_events_follow_a_persistent_session(broker, paho):
     wait_until(lambda: broker.call(lambda: rec.events.count(("ended", "ev")) == 2),
                what="both sessions ended")
     assert broker.call(lambda: list(rec.events)) == [
-        ("created", "ev"), ("subscribed", "ev", "ev/#", 1), ("queued", "ev", "ev/1", 1),
+        ("created", "ev"), ("subscribed", "ev", "ev/#", 1), ("queued", "ev", "ev/1", b"m", 1),
         ("acked", "ev", 1), ("unsubscribed", "ev", "ev/#"),
         ("ended", "ev"), ("created", "ev"), ("ended", "ev")]

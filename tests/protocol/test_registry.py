@@ -9,7 +9,7 @@ event loses or resurrects messages, so the lists are compared exactly.
 """
 from cymqtt import timers
 from cymqtt.config import Config
-from cymqtt.registry import RegistryListener
+from _testbase import EventRecorder as Recorder
 
 from ._harness import (
     SESSION_EXPIRY, World, connect, decode, disconnect, publish, puback, pubcomp, pubrec,
@@ -17,33 +17,6 @@ from ._harness import (
 )
 
 LIMITS = timers.Limits(connect_timeout=10.0, write_timeout=30.0, retry_interval=0.0)
-
-
-class Recorder(RegistryListener):
-    def __init__(self) -> None:
-        self.events: list[tuple] = []
-
-    def take(self) -> list[tuple]:
-        events, self.events = self.events, []
-        return events
-
-    def session_created(self, session):
-        self.events.append(("created", session.client_id))
-
-    def session_ended(self, session):
-        self.events.append(("ended", session.client_id))
-
-    def subscribed(self, session, sub):
-        self.events.append(("subscribed", session.client_id, sub.full_filter, sub.qos))
-
-    def unsubscribed(self, session, sub):
-        self.events.append(("unsubscribed", session.client_id, sub.full_filter))
-
-    def message_queued(self, session, msg, qos):
-        self.events.append(("queued", session.client_id, msg.topic, msg.payload, qos))
-
-    def message_acked(self, session, packet_id):
-        self.events.append(("acked", session.client_id, packet_id))
 
 
 def world(**kw):
