@@ -349,3 +349,19 @@ def test_pending_password_check_holds_even_data_the_shell_delivers_anyway():
     fut.set_result(AuthStep.success())
     assert c.take() == b"\x20\x02\x00\x00" + PINGRESP_BYTES + suback(1, 0)
     assert not c.paused
+
+
+def test_malformed_bytes_behind_a_pending_connect_wait_their_turn():
+    """Garbage right behind a CONNECT whose decision is pending is answered after the decision,
+    in order: CONNACK 0 first, then DISCONNECT 0x81 for the malformed packet (MQTT 5), not a
+    refusal of the CONNECT itself."""
+    fut = Future()
+    w = World(authenticators=[Scripted(fut)])
+    c = w.client()
+    c.send(method_connect(extra=QUIET), b"\x30\xff\xff\xff\xff\x7f")   # a 5-byte length
+    assert c.take() == b"" and not c.closed
+    fut.set_result(AuthStep.success())
+    out = c.take_frames()
+    ok_connack(out[0])
+    assert out[1:] == [b"\xe0\x01\x81"]
+    assert c.closed

@@ -194,8 +194,9 @@ class ClientProtocol:
                 self.fail(RC_IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
             if self.state == CONN_CLOSING:
                 return
-            if (self.throttled or self.waiting) and i + 1 < len(packets):
-                # The rest of this chunk waits too (_resume), in order.
+            if self.throttled or self.waiting:
+                # The rest of this chunk waits (_resume), in order, and so does a parse error
+                # behind it; data read meanwhile joins `pending` (receive_data).
                 self.pending = packets[i + 1:]
                 return
         err = self.parser.error
