@@ -36,8 +36,8 @@ def test_publish_refuses_invalid_topics_before_any_delivery(broker, raw_client, 
     ({"qos": True}, "qos must be 0, 1 or 2"),
     ({"payload": 5}, "payload must be bytes or str"),
     ({"properties": [1]}, "properties must be a dict"),
-    ({"properties": {0x01: "not an int"}}, "bad MQTT 5 properties"),
-    ({"properties": {0x7F: 1}}, "bad MQTT 5 properties"),
+    ({"properties": {0x01: "not an int"}}, "cannot publish"),
+    ({"properties": {0x7F: 1}}, "cannot publish"),
 ])
 def test_publish_refuses_bad_arguments(broker, kwargs, match):
     with pytest.raises(ValueError, match=match):

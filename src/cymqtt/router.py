@@ -49,8 +49,8 @@ class Router:
         self._rr: dict[tuple[str, str], int] = {}
         self._sticky: dict[tuple[str, str], str] = {}
         self._rng = rng or random.Random()
-        # Sessions that a publish left congested (see Session.deliver); the broker reads and
-        # clears this after each publish to slow the publisher down.
+        # Sessions the last route() left congested (see Session.deliver); protocol.publish
+        # takes them to slow the publisher down, and route() drops what nobody took.
         self.congested: list[Session] = []
         # topic -> trie.match(topic). Most traffic repeats its topics; any subscribe or
         # unsubscribe clears it, and it is cleared when it reaches MATCH_CACHE_SIZE topics.
@@ -81,7 +81,11 @@ class Router:
     def route(self, msg: Message, now: float) -> int:
         """A message published (by a client, a will, the broker): keep it when it is retained,
         then deliver it. Returns the number of deliveries; sessions it left congested are in
-        `congested` for the caller to act on (protocol.publish slows the publisher down)."""
+        `congested` for the caller to act on (protocol.publish slows the publisher down); a
+        route whose caller has no publisher to slow (a will, the broker) leaves them there, and
+        the next route drops them."""
+        if self.congested:
+            self.congested = []
         if msg.retain and self.retain_available:
             self.retained.store(msg)
         return self.publish(msg, now)
