@@ -31,6 +31,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Awaitable
 
+from cymqtt.consts import RC_BAD_USER_NAME_OR_PASSWORD, RC_NOT_AUTHORIZED
+
 CONTINUE, SUCCESS, FAILURE = "continue", "success", "failure"
 
 
@@ -102,9 +104,10 @@ class Auth:
         if username is None:
             if self._allow_anonymous:
                 return _ALLOWED
-            return AuthStep.failure(0x87, "anonymous clients are not allowed")
+            return AuthStep.failure(RC_NOT_AUTHORIZED, "anonymous clients are not allowed")
         if not check_password(self._users, username, password):
-            return AuthStep.failure(0x86, f"bad user name or password for {username!r}")
+            return AuthStep.failure(RC_BAD_USER_NAME_OR_PASSWORD,
+                                    f"bad user name or password for {username!r}")
         return _ALLOWED
 
 

@@ -7,13 +7,13 @@ process (a store) or be known to other nodes (a cluster) subscribes to its event
 `add_listener`; nothing else writes sessions.
 
 Sans-I/O: no loop, no clock (every method that needs the time takes `now`), no sockets. An
-attached client is reached through the `session.Client` interface plus `kick()`, which the
-registry calls to close a connection whose session was taken over.
+attached client is reached through the `session.Client` interface (`kick()` closes one whose
+session was taken over).
 """
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from cymqtt.consts import NEVER, RC_SESSION_TAKEN_OVER
 from cymqtt.session import Session, Subscription, Will
@@ -54,15 +54,26 @@ class RegistryListener:
         """The client completed the flow of `packet_id` (PUBACK, or PUBCOMP for QoS 2)."""
 
 
-class Kickable(Protocol):
-    def kick(self, reason_code: int, text: str) -> None:
-        """Close this connection on the broker's initiative (takeover): no will of its own."""
-
-
 class _Fanout(RegistryListener):
-    # Session.observer when several listeners are registered: one call each.
+    # Every event to every listener, in the order they were added.
     def __init__(self, listeners: list[RegistryListener]) -> None:
         self.listeners = listeners
+
+    def session_created(self, session: Session) -> None:
+        for listener in self.listeners:
+            listener.session_created(session)
+
+    def session_ended(self, session: Session) -> None:
+        for listener in self.listeners:
+            listener.session_ended(session)
+
+    def subscribed(self, session: Session, sub: Subscription) -> None:
+        for listener in self.listeners:
+            listener.subscribed(session, sub)
+
+    def unsubscribed(self, session: Session, sub: Subscription) -> None:
+        for listener in self.listeners:
+            listener.unsubscribed(session, sub)
 
     def message_queued(self, session: Session, msg: Message, qos: int) -> None:
         for listener in self.listeners:
@@ -83,22 +94,17 @@ class Registry:
         self.sessions: dict[str, Session] = {}
         self.offline: dict[str, Session] = {}        # detached sessions waiting for expiry
         self.pending_wills: dict[str, tuple[float, Will]] = {}   # client id -> (due, will)
-        self._listeners: list[RegistryListener] = []
-        self._observer: RegistryListener | None = None
+        self._events = _Fanout([])     # session events; message events via Session.observer
+        self._observer: RegistryListener | None = None   # None while nobody listens
 
     # -- events --------------------------------------------------------------------------------
 
     def add_listener(self, listener: RegistryListener) -> None:
         """Receive every event from now on (sessions that exist already included)."""
-        self._listeners.append(listener)
-        ls = self._listeners
-        self._observer = ls[0] if len(ls) == 1 else _Fanout(list(ls))
+        self._events.listeners.append(listener)
+        self._observer = self._events
         for session in self.sessions.values():
             session.observer = self._observer
-
-    def _emit(self, event: str, *args) -> None:
-        for listener in self._listeners:
-            getattr(listener, event)(*args)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -121,7 +127,7 @@ class Registry:
         # over that connection ends it, whatever the new CONNECT's clean start says.
         fresh = clean_start or (session is not None and session.expiry_interval == 0)
         if session is not None and session.client is not None:
-            old: Kickable = session.client  # type: ignore[assignment]
+            old = session.client
             log.info("client %s: taken over by a new connection", client_id)
             self._process_will(session, now, ending=fresh)
             session.client = None
@@ -135,7 +141,7 @@ class Registry:
             session = Session(client_id, self._config)
             session.observer = self._observer
             self.sessions[client_id] = session
-            self._emit("session_created", session)
+            self._events.session_created(session)
         self.offline.pop(client_id, None)
         session.expiry_interval = expiry
         session.requested_expiry = requested_expiry
@@ -171,7 +177,7 @@ class Registry:
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
             self._metrics.dropped_ended_sessions += session.dropped
-            self._emit("session_ended", session)
+            self._events.session_ended(session)
         self.offline.pop(session.client_id, None)
         pending = self.pending_wills.pop(session.client_id, None)
         if pending is not None:
@@ -184,7 +190,7 @@ class Registry:
         existed = sub.full_filter in session.subscriptions
         session.subscriptions[sub.full_filter] = sub
         self._router.subscribe(sub)
-        self._emit("subscribed", session, sub)
+        self._events.subscribed(session, sub)
         return existed
 
     def unsubscribe(self, session: Session, full_filter: str) -> bool:
@@ -193,7 +199,7 @@ class Registry:
         if sub is None:
             return False
         self._router.unsubscribe(sub)
-        self._emit("unsubscribed", session, sub)
+        self._events.unsubscribed(session, sub)
         return True
 
     # -- time ----------------------------------------------------------------------------------
@@ -234,7 +240,6 @@ class Registry:
         msg.start_expiry(now)           # a will's message expiry runs from its publication
         log.debug("publishing will of %s to %r", msg.sender, msg.topic)
         self._router.route(msg, now)
-        self._router.congested.clear()  # nobody to slow down: the publisher is gone
 
     def _redispatch_shared(self, session: Session, ending: bool, now: float) -> None:
         # Shared-subscription messages the leaving member did not acknowledge go to another

@@ -64,6 +64,9 @@ class Client(Protocol):
     def unthrottle(self) -> None:
         """Read this (publishing) client again: the session it was waiting for drained."""
 
+    def kick(self, reason_code: int, text: str) -> None:
+        """Close this connection: a newer one took its session over (registry.connect)."""
+
 
 class Will:
     __slots__ = ("message", "delay")
@@ -131,14 +134,12 @@ class Session:
         online = client is not None and client.writable
         w = self._window()
         pid = w.submit(item, qos, online)
+        if pid >= -1 and self.observer is not None:      # accepted: in flight or queued
+            self.observer.message_queued(self, msg, qos)
         if pid >= 0:
-            if self.observer is not None:
-                self.observer.message_queued(self, msg, qos)
             client.send_publish(msg, qos, retain, pid, False, sub_ids, now)
             return 1
         if pid == -1:
-            if self.observer is not None:
-                self.observer.message_queued(self, msg, qos)
             # Congested: a live client that is draining (writable socket, acks within the last
             # second) but not fast enough. A stalled one is not waited for: its queue fills and
             # drops, as with mosquitto, rather than slowing every publisher down.
