@@ -82,12 +82,6 @@ class ListenerSet:
         """(name, host, port) of each bound listener, with the port actually chosen."""
         return [(spec.name, spec.host, self._port_of(server)) for spec, server in self._servers]
 
-    def connection_counts(self) -> dict[str, int]:
-        counts = {spec.name: 0 for spec in self.specs}
-        for conn in self.connections:
-            counts[conn.listener] = counts.get(conn.listener, 0) + 1
-        return counts
-
     def close(self) -> None:
         """Stop accepting (open connections stay until the broker closes them)."""
         for _, server in self._servers:
