@@ -51,6 +51,10 @@ class Config:
     retry_interval: float = 30.0
     # A connection whose socket stays unwritable this long (seconds) is closed.
     write_timeout: float = 30.0
+    # Back-pressure: while a subscriber's socket is full but draining, the publishers feeding it
+    # are not read (TCP slows them down). One that makes no progress for this many seconds is
+    # stalled: it stops slowing anyone, and its QoS 0 messages are dropped (counted).
+    stall_timeout: float = 1.0
     # Empty client ids get an assigned one (MQTT 3.1.1 only with clean session 1).
     allow_zero_length_client_id: bool = True
     # $SYS/broker/... publish interval in seconds; 0 disables.
@@ -99,6 +103,7 @@ class Config:
         need(self.max_session_expiry is None or self.max_session_expiry >= 0,
              "max_session_expiry", ">= 0 or absent")
         need(self.write_timeout > 0, "write_timeout", "> 0")
+        need(self.stall_timeout > 0, "stall_timeout", "> 0")
         need(self.retry_interval >= 0, "retry_interval", ">= 0")
         need(self.sys_interval >= 0, "sys_interval", ">= 0")
         need(self.shared_subscription_strategy in SHARED_STRATEGIES,

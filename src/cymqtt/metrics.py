@@ -22,8 +22,8 @@ class Metrics:
     """Broker-wide counters since start. `started` is on the broker's clock."""
 
     __slots__ = ("bytes_received", "bytes_sent", "messages_received", "messages_sent",
-                 "dropped_too_large", "dropped_ended_sessions", "connections_total",
-                 "clients_total", "started")
+                 "dropped_too_large", "dropped_ended_sessions", "dropped_ended_slow",
+                 "connections_total", "clients_total", "started")
 
     def __init__(self, started: float = 0.0) -> None:
         self.bytes_received = 0
@@ -34,6 +34,7 @@ class Metrics:
         # Queue-limit drops of sessions that have ended (live sessions count their own, see
         # collect()), so the total never goes down when a session goes away.
         self.dropped_ended_sessions = 0
+        self.dropped_ended_slow = 0        # the same for QoS 0 dropped to stalled clients
         self.connections_total = 0         # sockets accepted
         self.clients_total = 0             # CONNACKs with success sent
         self.started = started
@@ -46,8 +47,10 @@ def collect(metrics: Metrics, registry: Registry, router: Router, connections: i
     sessions = registry.sessions
     connected = registry.connected_count()
     dropped_queue = metrics.dropped_ended_sessions
+    dropped_slow = metrics.dropped_ended_slow
     inflight = queued = 0
     for s in sessions.values():
+        dropped_slow += s.dropped_slow
         w = s.window
         if w is not None:
             dropped_queue += w.dropped
@@ -66,7 +69,9 @@ def collect(metrics: Metrics, registry: Registry, router: Router, connections: i
         "pending_wills": len(registry.pending_wills),
         "messages_received": metrics.messages_received,
         "messages_sent": metrics.messages_sent,
+        "messages_dropped": dropped_queue + dropped_slow + metrics.dropped_too_large,
         "messages_dropped_queue_full": dropped_queue,
+        "messages_dropped_slow_consumer": dropped_slow,
         "messages_dropped_too_large": metrics.dropped_too_large,
         "bytes_received": metrics.bytes_received,
         "bytes_sent": metrics.bytes_sent,

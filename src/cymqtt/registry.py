@@ -176,7 +176,8 @@ class Registry:
         self._router.remove_session(session)
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
-            self._metrics.dropped_ended_sessions += session.dropped
+            self._metrics.dropped_ended_sessions += session.dropped_queue_full
+            self._metrics.dropped_ended_slow += session.dropped_slow
             self._events.session_ended(session)
         self.offline.pop(session.client_id, None)
         pending = self.pending_wills.pop(session.client_id, None)

@@ -24,6 +24,10 @@ class RetainStore(ABC):
         """Unexpired retained messages whose topic matches `topic_filter`."""
 
     @abstractmethod
+    def get(self, topic: str) -> Message | None:
+        """The retained message of `topic`, or None."""
+
+    @abstractmethod
     def __len__(self) -> int: ...
 
 

@@ -7,7 +7,8 @@ connection's `ClientProtocol`, reached only through the `Client` interface below
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from collections import deque
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from cymqtt._fast.inflight import AWAIT_PUBCOMP, InboundQoS2, OutboundWindow
 from cymqtt.consts import NEVER, PUBACK, PUBREC
@@ -15,9 +16,10 @@ from cymqtt.consts import NEVER, PUBACK, PUBREC
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.message import Message
 
-__all__ = ["Client", "NEVER", "Session", "Subscription", "Will"]
+__all__ = ["Backlog", "Client", "NEVER", "Session", "Subscription", "Will"]
 
-CONGESTED = 2      # Session.deliver: queued, and the client is not keeping up (see deliver)
+CONGESTED = 2      # Session.deliver: delivered, but the client is not keeping up (see deliver)
+RELEASE_BATCH = 256    # queued messages moved into the window per step while the socket takes them
 
 
 def _end_flight(w: OutboundWindow, pid: int, qos: int) -> bool:
@@ -50,10 +52,30 @@ class Subscription:
         return f"Subscription({self.session.client_id!r}, {self.full_filter!r}, qos={self.qos})"
 
 
+class Backlog:
+    """The retained messages one new subscription has still to receive, in order, from `pos`
+    on. `current(topic)` is the retained store's lookup: a message replaced or deleted since the
+    SUBSCRIBE is skipped, so a slow stream never delivers a value older than one already sent."""
+
+    __slots__ = ("messages", "pos", "qos", "sub_ids", "current")
+
+    def __init__(self, messages: list, qos: int, sub_ids: list | None,
+                 current: Callable[[str], object]) -> None:
+        self.messages = messages
+        self.pos = 0
+        self.qos = qos
+        self.sub_ids = sub_ids
+        self.current = current
+
+    def __len__(self) -> int:
+        return len(self.messages) - self.pos
+
+
 class Client(Protocol):
     """What a session needs of the connection attached to it (a `ClientProtocol`)."""
 
     writable: bool          # its socket takes more; False while the transport pushes back
+    paused_since: float     # when it last became unwritable
     receive_maximum: int    # the client's MQTT 5 receive maximum (65535 when it sent none)
 
     def send_publish(self, msg: Message, qos: int, retain: bool, packet_id: int, dup: bool,
@@ -79,7 +101,8 @@ class Will:
 class Session:
     __slots__ = ("client_id", "subscriptions", "window", "inbound", "client", "will",
                  "expiry_interval", "requested_expiry", "expires_at", "version", "waiters",
-                 "last_ack", "receive_maximum", "observer", "_config", "__weakref__")
+                 "last_ack", "receive_maximum", "observer", "backlog", "dropped_slow", "_config",
+                 "__weakref__")
 
     def __init__(self, client_id: str, config) -> None:
         self.client_id = client_id
@@ -98,6 +121,8 @@ class Session:
         # Told of every message the window accepts and every completed flow (a store, a
         # cluster: registry.RegistryListener); None when nobody listens, which costs one test.
         self.observer = None
+        self.backlog: deque[Backlog] | None = None    # retained messages still to send
+        self.dropped_slow = 0               # QoS 0 messages dropped while the client stalled
         self._config = config
 
     # -- outbound ------------------------------------------------------------------------------
@@ -122,14 +147,22 @@ class Session:
     def deliver(self, msg: Message, qos: int, retain: bool, sub_ids: list | None,
                 now: float, shared: tuple | None = None) -> int:
         """Route `msg` to this session at `qos`. Returns 1 when it was sent or queued, 0 when
-        it was dropped, and CONGESTED when it was queued past half the queue limit of a client
-        that is draining, but slower than it is fed (the router then slows the publisher).
+        it was dropped, and CONGESTED when the client is draining, but slower than it is fed:
+        the router then holds the publisher's input until it catches up (`waiters`).
         `shared` is the (group, filter) of the shared subscription that picked this session."""
         client = self.client
-        if qos == 0 and client is not None and client.writable and (
-                self.window is None or not self.window.queued_count):
-            client.send_publish(msg, 0, retain, 0, False, sub_ids, now)
-            return 1
+        if qos == 0 and client is not None:
+            if client.writable:
+                client.send_publish(msg, 0, retain, 0, False, sub_ids, now)
+                return 1
+            if now - client.paused_since < self._config.stall_timeout:
+                # Its socket is full but was writable a moment ago: send (one message past
+                # the mark per publisher, which is then held) rather than drop.
+                client.send_publish(msg, 0, retain, 0, False, sub_ids, now)
+                return CONGESTED
+            # Stalled: nobody waits for it, and its QoS 0 messages go (counted).
+            self.dropped_slow += 1
+            return 0
         item = (msg, retain, sub_ids, shared)
         online = client is not None and client.writable
         w = self._window()
@@ -137,43 +170,60 @@ class Session:
         if pid >= -1 and self.observer is not None:      # accepted: in flight or queued
             self.observer.message_queued(self, msg, qos)
         if pid >= 0:
+            if pid and w.inflight_count == 1:
+                self.last_ack = now        # the window was empty: progress is timed from now
             client.send_publish(msg, qos, retain, pid, False, sub_ids, now)
             return 1
         if pid == -1:
-            # Congested: a live client that is draining (writable socket, acks within the last
-            # second) but not fast enough. A stalled one is not waited for: its queue fills and
-            # drops, as with mosquitto, rather than slowing every publisher down.
-            # The mark is two windows (or half the queue when that is smaller): enough to keep
-            # the window full, short enough that messages do not wait long in the queue.
+            # Queued. Congested when the queue is past two windows (or half the queue, when that
+            # is smaller: enough to keep the window full, short enough that messages do not
+            # wait long) and the client is draining. A stalled one is not waited for: its queue
+            # fills and drops, as with mosquitto, rather than slowing every publisher down.
             q = w.queued_count
             if client is not None and (q >= 2 * w.window or q * 2 >= w.max_queued) \
-                    and client.writable and now - self.last_ack < 1.0:
+                    and self.draining(now):
                 return CONGESTED
             return 1
         return 0
 
-    def release(self, now: float) -> None:
-        """Fill the window from the queue after acks (or when the socket drains again)."""
-        w = self.window
+    def draining(self, now: float) -> bool:
+        """The attached client is making progress: its socket was writable within the last
+        `stall_timeout` seconds, and it acknowledged a message within it (or has nothing in
+        flight)."""
         client = self.client
-        if w is None or client is None or not w.queued_count:
+        stall = self._config.stall_timeout
+        if client is None or (not client.writable and now - client.paused_since >= stall):
+            return False
+        w = self.window
+        return w is None or not w.inflight_count or now - self.last_ack < stall
+
+    def release(self, now: float) -> None:
+        """Send what waits while the client's socket takes it: queued messages into the window
+        (after acks, when the socket drains again, on reconnect), then the retained messages
+        new subscriptions still have to receive; then let throttled publishers read again."""
+        client = self.client
+        if client is None:
             return
-        expired = True
-        while expired and w.queued_count:
-            # An expired message frees the slot it was given; go round again so the messages
-            # behind it take that slot now rather than after an ack that may never come.
-            expired = False
-            for pid, qos, item in w.release():
-                msg, retain, sub_ids, _ = item
-                if msg.expired(now):
-                    if pid:
-                        _end_flight(w, pid, qos)
-                    expired = True
-                    continue
-                # Everything release() returned is in flight now: send it all.
-                client.send_publish(msg, qos, retain, pid, False, sub_ids, now)
-        if self.waiters is not None and w.queued_count * 2 <= w.window and \
-                w.queued_count * 4 <= w.max_queued:
+        w = self.window
+        if w is not None and w.queued_count:
+            while w.queued_count and client.writable:
+                batch = w.release(RELEASE_BATCH)
+                if not batch:
+                    break            # the window is full: acks will call us again
+                for pid, qos, item in batch:
+                    msg, retain, sub_ids, _ = item
+                    if msg.expired(now):
+                        # It frees the slot it was given; the loop gives that slot to the
+                        # next one now rather than after an ack that may never come.
+                        if pid:
+                            _end_flight(w, pid, qos)
+                        continue
+                    client.send_publish(msg, qos, retain, pid, False, sub_ids, now)
+        if self.backlog is not None and client.writable:
+            self._send_backlog(now)
+        if self.waiters is not None and client.writable and (
+                w is None or (w.queued_count * 2 <= w.window
+                              and w.queued_count * 4 <= w.max_queued)):
             self.wake_waiters()
 
     def wake_waiters(self) -> None:
@@ -184,18 +234,65 @@ class Session:
             for publisher in waiters:
                 publisher.unthrottle()
 
+    def add_backlog(self, feed: Backlog, now: float) -> None:
+        """Retained messages for a new subscription: they go out as the socket (and, for
+        QoS 1/2, the window) takes them, never more than fits in one loop iteration, and
+        never dropped for lack of room."""
+        if self.backlog is None:
+            self.backlog = deque()
+        self.backlog.append(feed)
+        self.release(now)
+
+    def _send_backlog(self, now: float) -> None:
+        client = self.client
+        feeds = self.backlog
+        while feeds:
+            feed = feeds[0]
+            messages = feed.messages
+            current = feed.current
+            ids = feed.sub_ids
+            i = feed.pos
+            n = len(messages)
+            while i < n and client.writable:
+                msg = messages[i]
+                if current(msg.topic) is not msg or msg.expired(now):
+                    i += 1               # replaced, deleted or expired since the SUBSCRIBE
+                    continue
+                qos = msg.qos if msg.qos < feed.qos else feed.qos
+                if qos == 0:
+                    client.send_publish(msg, 0, True, 0, False, ids, now)
+                else:
+                    w = self._window()
+                    if w.queued_count >= w.window:
+                        break            # acks make room (ack() -> release())
+                    pid = w.submit((msg, True, ids, None), qos, True)
+                    if pid >= -1 and self.observer is not None:
+                        self.observer.message_queued(self, msg, qos)
+                    if pid > 0:
+                        if w.inflight_count == 1:
+                            self.last_ack = now
+                        client.send_publish(msg, qos, True, pid, False, ids, now)
+                i += 1
+            feed.pos = i
+            if i < n:
+                return
+            feeds.popleft()
+        self.backlog = None
+
     def resume(self, now: float) -> None:
         """A client re-attached: re-send everything unacknowledged (DUP), then the queue."""
         w = self.window
         client = self.client
-        if w is None or client is None:
+        if client is None:
             return
-        for pid, qos, state, item in w.resend():
-            msg, retain, sub_ids, _ = item
-            if state == AWAIT_PUBCOMP:
-                client.send_pubrel(pid)
-            else:
-                client.send_publish(msg, qos, retain, pid, True, sub_ids, now)
+        self.last_ack = now            # what it has in flight is timed from its return
+        if w is not None:
+            for pid, qos, state, item in w.resend():
+                msg, retain, sub_ids, _ = item
+                if state == AWAIT_PUBCOMP:
+                    client.send_pubrel(pid)
+                else:
+                    client.send_publish(msg, qos, retain, pid, True, sub_ids, now)
         self.release(now)
 
     def retry(self, interval: float, now: float) -> None:
@@ -215,7 +312,7 @@ class Session:
         w = self.window
         if w is None or not _end_flight(w, pid, qos):
             return False
-        if w.queued_count:
+        if w.queued_count or self.backlog is not None:
             self.release(now)
         return True
 
@@ -235,7 +332,7 @@ class Session:
         if ok:
             if self.observer is not None:
                 self.observer.message_acked(self, pid)
-            if w.queued_count:
+            if w.queued_count or self.backlog is not None:
                 self.release(now)
         return ok
 
@@ -284,7 +381,17 @@ class Session:
 
     @property
     def dropped(self) -> int:
+        """Messages dropped for this session: queue limits, and QoS 0 while it stalled."""
+        return self.dropped_slow + (0 if self.window is None else self.window.dropped)
+
+    @property
+    def dropped_queue_full(self) -> int:
         return 0 if self.window is None else self.window.dropped
+
+    @property
+    def retained_pending(self) -> int:
+        """Retained messages its new subscriptions have still to receive."""
+        return 0 if self.backlog is None else sum(len(f) for f in self.backlog)
 
     @property
     def queued(self) -> int:

@@ -20,7 +20,7 @@ def topics(stats: dict[str, int]) -> dict[str, str]:
         "$SYS/broker/clients/total": str(stats["sessions"]),
         "$SYS/broker/messages/received": str(stats["messages_received"]),
         "$SYS/broker/messages/sent": str(stats["messages_sent"]),
-        "$SYS/broker/publish/messages/dropped": str(stats["messages_dropped_queue_full"]),
+        "$SYS/broker/publish/messages/dropped": str(stats["messages_dropped"]),
         "$SYS/broker/bytes/received": str(stats["bytes_received"]),
         "$SYS/broker/bytes/sent": str(stats["bytes_sent"]),
         "$SYS/broker/subscriptions/count": str(stats["subscriptions"]),

@@ -67,7 +67,7 @@ cdef class OutboundWindow:
     cpdef bint puback(self, int pid) noexcept
     cpdef bint pubrec(self, int pid) noexcept
     cpdef bint pubcomp(self, int pid) noexcept
-    cpdef list release(self)
+    cpdef list release(self, int limit=*)
     cpdef list resend(self)
     cpdef list drain_queue(self)
     cpdef list take_inflight(self)

@@ -278,8 +278,9 @@ cdef class OutboundWindow:
         self._end_flight(b)
         return True
 
-    cpdef list release(self):
-        """Move queued messages into the window while there is room, oldest first.
+    cpdef list release(self, int limit=-1):
+        """Move queued messages into the window while there is room, oldest first, at most
+        `limit` of them (-1: no limit).
 
         :return: ``[(pid, qos, msg)]`` to send now, in order; pid 0 for QoS 0 messages (which
             leave the queue without taking a slot). Call it after a True ``puback``/``pubcomp``
@@ -287,7 +288,8 @@ cdef class OutboundWindow:
         cdef list out = []
         cdef int qos, pid
         cdef object msg
-        while self._q_count:
+        while self._q_count and limit != 0:
+            limit -= 1
             qos = self._q[self._q_head].qos
             if qos == 0:
                 msg = self._dequeue(&qos)

@@ -59,8 +59,12 @@ V3_CONNACK = {
 }
 
 # Bytes one connection may gather in its outbox within one loop iteration before it counts as
-# unwritable (its deliveries then queue or drop under the session limits).
+# unwritable (its publishers are then held, or its deliveries queue: Session.deliver).
 OUTBOX_HIGH = 256 * 1024
+# Packets handled per connection per loop iteration; the rest of what was read waits for the
+# next one (reading paused meanwhile), so one flooding client cannot starve the others' reads,
+# pings and acks, and no iteration grows long enough to hurt everyone's latency.
+READ_BUDGET = 256
 
 
 class ClientIO(Protocol):
@@ -184,6 +188,13 @@ class ClientProtocol:
         active = DISPATCH
         early = DISPATCH_EARLY
         for i, pkt in enumerate(packets):
+            if i == READ_BUDGET:
+                # This client's share of the loop iteration is used up: the rest waits for
+                # the next one (_resume), with the socket not read meanwhile.
+                self.pending = packets[i:]
+                self.io.pause_reading()
+                self.io.call_soon(self._resume)
+                return
             try:
                 (active if self.state == CONN_ACTIVE else early)[pkt.type](self, pkt)
             except ProtocolViolation as exc:
@@ -318,8 +329,15 @@ class ClientProtocol:
         full = self.out_bytes > OUTBOX_HIGH
         self.out_bytes = 0
         if full and not self.tx_paused and self.state != CONN_CLOSING:
-            self._writable_again()
+            # Writable again unless the transport pushes back once it has these bytes; it
+            # tells us (pause_writing) during the write that follows this call, so look after.
+            self.io.call_soon(self._check_writable)
         return data
+
+    def _check_writable(self) -> None:
+        if not self.writable and not self.tx_paused and self.out_bytes <= OUTBOX_HIGH \
+                and self.state != CONN_CLOSING:
+            self._writable_again()
 
     def send_publish(self, msg: Message, qos: int, retain: bool, packet_id: int, dup: bool,
                      sub_ids: list | None, now: float) -> None:

@@ -12,7 +12,7 @@ from cymqtt.consts import (
 )
 from cymqtt.protocol.errors import ProtocolViolation
 from cymqtt.router import split_shared
-from cymqtt.session import Subscription
+from cymqtt.session import Backlog, Subscription
 
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.protocol.client import ClientProtocol
@@ -55,10 +55,14 @@ def handle_subscribe(proto: ClientProtocol, pkt) -> None:
         # MQTT 3.x knows one failure code, 0x80 [MQTT-3.9.3-2].
         codes = [c if c < 0x80 else RC_UNSPECIFIED_ERROR for c in codes]
     proto.send(encode(SubAck(SUBACK, pkt.packet_id, codes), proto.version))
+    store = ctx.retained
     for sub in retained:
-        ids = [sub.sub_id] if sub.sub_id else None
-        for msg in ctx.retained.match(sub.topic_filter, now):
-            session.deliver(msg, min(msg.qos, sub.qos), True, ids, now)
+        # Streamed as the client's socket and window take them (Session.add_backlog): all of
+        # them, however many, without holding the loop for others.
+        messages = store.match(sub.topic_filter, now)
+        if messages:
+            session.add_backlog(Backlog(messages, sub.qos, [sub.sub_id] if sub.sub_id else None,
+                                        store.get), now)
 
 
 def handle_unsubscribe(proto: ClientProtocol, pkt) -> None:
