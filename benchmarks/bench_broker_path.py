@@ -1,4 +1,4 @@
-"""The broker's per-message path without sockets: net.Connection.data_received ->
+"""The broker's per-message path without sockets: net.Connection.buffer_updated ->
 ClientProtocol (parser, handlers) -> router -> session -> outbox -> flush, with in-memory
 transports.
 
@@ -47,6 +47,18 @@ class NullTransport(asyncio.Transport):
         pass
 
 
+def feed(conn: Connection, data: bytes) -> None:
+    """What the transport does with bytes read: into the connection's buffer, then
+    buffer_updated(), one buffer's worth at a time."""
+    view = memoryview(data)
+    while view:
+        buf = conn.get_buffer(-1)
+        n = min(len(buf), len(view))
+        buf[:n] = view[:n]
+        conn.buffer_updated(n)
+        view = view[n:]
+
+
 class Rig:
     """One broker, `pairs` publisher/subscriber pairs on distinct topics, all in memory."""
 
@@ -59,7 +71,7 @@ class Rig:
         self.pubs = []
         for i in range(pairs):
             sub = self._connect(f"sub{i}", version)
-            sub.data_received(encode(Subscribe(1, [(f"bench/{i}", qos)]), version))
+            feed(sub, encode(Subscribe(1, [(f"bench/{i}", qos)]), version))
             pub = self._connect(f"pub{i}", version)
             self.pubs.append((pub, sub))
         self.version = version
@@ -68,7 +80,7 @@ class Rig:
     def _connect(self, client_id: str, version: int) -> Connection:
         conn = self.listeners.make_connection()
         conn.connection_made(NullTransport())
-        conn.data_received(encode(Connect(client_id, version=version)))
+        feed(conn, encode(Connect(client_id, version=version)))
         return conn
 
     def _drain(self) -> None:
@@ -84,12 +96,12 @@ class Rig:
     def run(self, chunks, qos: int) -> None:
         sent = self.broker.stats()["messages_sent"]
         for (pub, sub), chunk in zip(self.pubs, chunks):
-            pub.data_received(chunk)
+            feed(pub, chunk)
             w = sub.protocol.session.window
             while True:
                 if qos and w is not None and w.inflight_count:
                     # the subscriber acknowledges the window; acks release the queue behind it
-                    sub.data_received(b"".join(b"\x40\x02" + pid.to_bytes(2, "big")
+                    feed(sub, b"".join(b"\x40\x02" + pid.to_bytes(2, "big")
                                                for pid, _, _, _ in w.resend()))
                 elif pub.protocol.pending is not None:
                     self._drain()      # the publisher was throttled: let it go on

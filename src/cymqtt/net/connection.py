@@ -1,6 +1,10 @@
 """Connection: the asyncio.Protocol adaptor between one socket and its `ClientProtocol`.
 
-Bytes read go to `ClientProtocol.receive_data`; the transport's flow control to
+Bytes read go to `ClientProtocol.receive_data`. Reads land in one buffer that every connection
+of the loop shares (a BufferedProtocol: no bytes object per read; the parser copies only an
+incomplete packet's tail), and READ_SIZE bounds what one read takes from one socket: a flooding
+client gets its share of a loop iteration and no more, and what it sent beyond waits in the
+kernel, where TCP slows it down. The transport's flow control goes to
 `pause_writing`/`resume_writing`; the socket's end to `connection_lost`. Frames out are written
 once per loop iteration: the protocol's first frame of a tick calls `wake()`, which puts this
 connection on the `Flusher`'s dirty list, and one `call_soon` flush writes every dirty
@@ -18,7 +22,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.context import Context
     from cymqtt.metrics import Metrics
 
-__all__ = ["Connection", "Endpoint", "Flusher"]
+__all__ = ["Connection", "Endpoint", "Flusher", "READ_SIZE"]
+
+READ_SIZE = 64 * 1024     # bytes read from one socket at a time (per loop iteration at most)
 
 
 class Flusher:
@@ -48,15 +54,19 @@ class Endpoint:
     """What every connection of one listener shares (one reference per connection rather than
     three: idle connections stay small, DESIGN rule 5)."""
 
-    __slots__ = ("name", "flusher", "connections")
+    __slots__ = ("name", "flusher", "connections", "read_buffer")
 
-    def __init__(self, name: str, flusher: Flusher, connections: set[Connection]) -> None:
+    def __init__(self, name: str, flusher: Flusher, connections: set[Connection],
+                 read_buffer: memoryview | None = None) -> None:
         self.name = name
         self.flusher = flusher
         self.connections = connections       # every open connection of the listener set
+        # Where every connection of the loop reads into (consumed before the next read).
+        self.read_buffer = read_buffer if read_buffer is not None else \
+            memoryview(bytearray(READ_SIZE))
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     """One accepted socket of `endpoint`'s listener."""
 
     __slots__ = ("protocol", "transport", "_endpoint")
@@ -78,8 +88,11 @@ class Connection(asyncio.Protocol):
         self._endpoint.connections.add(self)
         self.protocol.ctx.metrics.connections_total += 1
 
-    def data_received(self, data: bytes) -> None:
-        self.protocol.receive_data(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._endpoint.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.protocol.receive_data(self._endpoint.read_buffer[:nbytes])
 
     def pause_writing(self) -> None:
         self.protocol.pause_writing()

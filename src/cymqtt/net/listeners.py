@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cymqtt.net.connection import Connection, Endpoint, Flusher
+from cymqtt.net.connection import READ_SIZE, Connection, Endpoint, Flusher
 
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.config import Config
@@ -65,7 +65,9 @@ class ListenerSet:
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Use `loop` for the coalesced writes (start() does this)."""
         self.flusher = Flusher(loop, self._ctx.metrics)
-        self._endpoints = {spec.name: Endpoint(spec.name, self.flusher, self.connections)
+        read_buffer = memoryview(bytearray(READ_SIZE))
+        self._endpoints = {spec.name: Endpoint(spec.name, self.flusher, self.connections,
+                                               read_buffer)
                            for spec in self.specs}
 
     def make_connection(self, listener: str = "mqtt") -> Connection:
