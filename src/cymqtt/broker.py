@@ -25,6 +25,7 @@ from cymqtt.consts import (
 from cymqtt.context import Context
 from cymqtt.message import Message
 from cymqtt.metrics import collect
+from cymqtt.net.connection import Connection
 from cymqtt.net.listeners import ListenerSet, specs_from_config
 from cymqtt.registry import RegistryListener
 from cymqtt.session import Session
@@ -204,21 +205,33 @@ class Broker:
         return self._registry.connected_count()
 
     def clients(self) -> list[dict[str, Any]]:
-        """One dict per connected client: client id, protocol version, peer address, user
-        name, keep alive, listener, subscriptions, and its message counters."""
-        out = []
-        for conn in self._listeners.connections:
-            p = conn.protocol
-            s = p.session
-            if s is None:
-                continue
-            out.append({
-                "client_id": p.client_id, "protocol": p.version, "peer": conn.peer,
-                "username": p.username, "keepalive": p.keepalive, "listener": conn.listener,
-                "subscriptions": len(s.subscriptions), "received": p.received, "sent": p.sent,
-                "inflight": s.inflight, "queued": s.queued, "dropped": s.dropped,
-            })
-        return out
+        """One dict per connected client (see `client()`)."""
+        return [self._client_info(conn) for conn in self._listeners.connections
+                if conn.protocol.session is not None]
+
+    def client(self, client_id: str) -> dict[str, Any] | None:
+        """The connected client `client_id`: client id, protocol version, peer address, user
+        name, keep alive, listener, subscriptions, and its message counters (received from
+        it, sent to it, in flight, queued, retained still to send, dropped); None when it is
+        not connected."""
+        session = self._registry.get(client_id)
+        client = session.client if session is not None else None
+        if client is None:
+            return None
+        conn = client.io
+        return self._client_info(conn) if isinstance(conn, Connection) else None
+
+    @staticmethod
+    def _client_info(conn: Connection) -> dict[str, Any]:
+        p = conn.protocol
+        s = p.session
+        return {
+            "client_id": p.client_id, "protocol": p.version, "peer": conn.peer,
+            "username": p.username, "keepalive": p.keepalive, "listener": conn.listener,
+            "subscriptions": len(s.subscriptions), "received": p.received, "sent": p.sent,
+            "inflight": s.inflight, "queued": s.queued, "retained_pending": s.retained_pending,
+            "dropped": s.dropped,
+        }
 
     @property
     def retained_count(self) -> int:

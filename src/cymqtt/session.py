@@ -263,8 +263,10 @@ class Session:
                     client.send_publish(msg, 0, True, 0, False, ids, now)
                 else:
                     w = self._window()
-                    if w.queued_count >= w.window:
-                        break            # acks make room (ack() -> release())
+                    q = w.queued_count
+                    if (q or w.inflight_count >= w.window) and \
+                            q >= min(w.window, w.max_queued):
+                        break            # no room that cannot overflow: acks make some
                     pid = w.submit((msg, True, ids, None), qos, True)
                     if pid >= -1 and self.observer is not None:
                         self.observer.message_queued(self, msg, qos)
