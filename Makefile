@@ -41,4 +41,5 @@ tools:
 	./scripts/install-test-tools.sh
 
 clean:
-	rm -rf build src/*.egg-info src/cymqtt/_fast/*.c src/cymqtt/_fast/*.so src/cymqtt/_fast/*.html
+	rm -rf build src/*.egg-info src/cymqtt/_fast/*.c src/cymqtt/_fast/*.so src/cymqtt/_fast/*.html \
+		src/cymqtt/bench/*.c src/cymqtt/bench/*.so src/cymqtt/bench/*.html

@@ -14,11 +14,8 @@ import sys
 import threading
 import time
 
-import pytest
 
-from cymqtt._fast.codec import FrameParser, encode_publish
 from cymqtt.bench import stats
-from cymqtt.bench.client import HEADER, PublishTemplate
 from cymqtt.bench.runner import delivery_weights, topic_matches
 
 TIMEOUT = 60
@@ -179,28 +176,6 @@ def test_refused_connections_are_counted_not_crashed():
 
 
 # -- pieces ----------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("version", [3, 4, 5])
-@pytest.mark.parametrize("qos", [0, 1, 2])
-def test_publish_template_patches_the_right_bytes(version, qos):
-    tpl = PublishTemplate("bench/7", 40, qos, version)
-    frame = bytearray(tpl.frame) * 3
-    for k in range(3):
-        if qos:
-            args = (k + 1, 0, 1000 + k, 7, k) if version == 5 else (k + 1, 1000 + k, 7, k)
-        else:
-            args = (1000 + k, 7, k)
-        tpl.packer(frame, tpl.off + k * tpl.length, *args)
-    packets = FrameParser(version).feed(bytes(frame))
-    assert len(packets) == 3
-    for k, p in enumerate(packets):
-        assert p.topic == "bench/7" and p.qos == qos and len(p.payload) == 40
-        assert HEADER.unpack_from(p.payload) == (1000 + k, 7, k)
-        assert p.packet_id == (k + 1 if qos else 0)
-    # the template is what encode_publish makes
-    assert tpl.frame == encode_publish("bench/7", bytes(40), qos, False, False,
-                                       1 if qos else 0, None, version)
-
 
 def test_histogram_percentiles_are_close():
     hist = stats.new_histogram()
