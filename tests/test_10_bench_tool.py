@@ -94,6 +94,37 @@ def test_pubsub_qos0_duration(broker):
     assert r["errors"] == 0, r["error_detail"]
 
 
+def test_flood_against_a_sink_counts_what_the_sink_read():
+    # --max-ahead 0: publishers write as fast as the sockets take it, while the subscribers
+    # read (and time) what benchmarks/sink.py sends them. What the bench calls sent is what
+    # the sink read, frame for frame.
+    import os
+    import signal
+    import socket
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sink = subprocess.Popen([sys.executable, os.path.join(root, "benchmarks", "sink.py"),
+                             "--port", str(port), "--deliver", "5000", "--duration", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "listening" in sink.stderr.readline()
+        r, _ = bench(port, "pubsub", "--pairs", "4", "--qos", "0", "--max-ahead", "0",
+                     "--duration", "1", "--drain", "0.5", "--sndbuf", "65536")
+        sink.send_signal(signal.SIGTERM)
+        out, _ = sink.communicate(timeout=TIMEOUT)
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
+    s = json.loads(out.strip().splitlines()[-1])
+    assert r["sent"] > 0 and s["publishes_read"] == r["sent"]
+    assert 0 < r["received"] <= s["delivered"]
+    assert r["latency_ms"] is not None
+    assert r["errors"] == 0, r["error_detail"]
+
+
 def test_conn_holds_connections_the_broker_sees(broker):
     proc = subprocess.Popen(
         [sys.executable, "-m", "cymqtt.bench", "conn", "--clients", "50", "--duration", "3",

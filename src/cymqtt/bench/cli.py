@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--connect-rate", type=_positive_float, default=0.0,
                    help="new connections per second, over all workers; 0 = as fast as "
                         "--max-pending allows (default 0)")
+    m.add_argument("--sndbuf", type=int, default=0,
+                   help="publishers' socket send buffer in bytes (SO_SNDBUF; Linux doubles "
+                        "it); 0 = the kernel's default, which grows to net.ipv4.tcp_wmem's "
+                        "maximum (4 MB) per socket while the broker reads slower than the "
+                        "publisher writes (default 0)")
     m.add_argument("--drain", type=_positive_float, default=5.0,
                    help="after publishing, seconds without progress before giving up on "
                         "missing acks and deliveries (default 5)")
@@ -152,6 +157,7 @@ def options(args: argparse.Namespace) -> dict:
         "inflight": max(1, getattr(args, "inflight", 32)),
         "connect_rate": getattr(args, "connect_rate", 0.0),
         "drain": getattr(args, "drain", 5.0),
+        "sndbuf": max(0, getattr(args, "sndbuf", 0) or 0),
         "duration": args.duration,
         "pubs": 0, "subs": 0, "conns": 0, "pairs": 0,
         "max_ahead": getattr(args, "max_ahead", 0),

@@ -19,6 +19,7 @@ reach the Python `FrameParser` here.
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 import time
 from typing import TYPE_CHECKING
@@ -118,6 +119,10 @@ class BenchClient(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         w = self.w
         transport.set_write_buffer_limits(high=w.high_water)  # type: ignore[attr-defined]
+        if w.sndbuf and self.role == "pub":
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, w.sndbuf)
         props = None
         if self.version == 5 and self.role == "sub":
             props = {P_RECEIVE_MAXIMUM: 65535}

@@ -71,6 +71,7 @@ class Worker:
         self.count = o["count"] or 0
         self.inflight = o["inflight"]
         self.high_water = o["high_water"]
+        self.sndbuf = o.get("sndbuf", 0)
         self.batch_bytes = o["batch_bytes"]
         self.connect_rate = float(o["connect_rate"] or 0) / max(1, o["procs"])
         self.max_pending = max(1, o["max_pending"] // max(1, o["procs"]))
