@@ -228,3 +228,21 @@ def test_topic_matching_and_weights():
     assert not topic_matches("bench/+", "bench/1/2")
     assert topic_matches("#", "a/b") and not topic_matches("#", "$SYS/x")
     assert delivery_weights(["bench/1", "bench/2"], ["bench/1", "bench/#", "bench/#"]) == [3, 2]
+
+
+def test_retained_stores_then_times_each_subscription(broker):
+    r, proc = bench(broker.port, "retained", "--count", "500", "--width", "50",
+                    "--sub", "ret/#:0", "--sub", "ret/#:1", "--sub", "ret/3/+/x:1",
+                    "--timeout", "10", "--settle", "0.2")
+    assert r["command"] == "retained" and r["stored"] == 500 and r["store_qos"] == 1
+    assert [(s["filter"], s["qos"], s["expected"]) for s in r["subs"]] == [
+        ("ret/#", 0, 500), ("ret/#", 1, 500), ("ret/3/+/x", 1, 50)]
+    for s in r["subs"]:
+        # every message arrives once, flagged RETAIN; QoS 1 ones were acknowledged (else the
+        # broker's inflight window of 32 would have stopped the flow)
+        assert s["received"] == s["retained"] == s["expected"], s
+        assert s["complete"] and s["error"] is None and s["seconds"] > 0
+    assert r["errors"] == 0
+    assert "ret/3/+/x QoS 1" in proc.stdout
+    # the broker holds what was stored
+    assert broker.call(lambda: broker.broker.retained_count) == 500
