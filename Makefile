@@ -14,7 +14,7 @@ test: build tools
 	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
 	$(PY) -m pytest -q -p no:cacheprovider --loop=uvloop --ignore=tests/fast --ignore=tests/protocol $(ARGS)
 
-# cymqtt beside mosquitto, every scenario (about 10 minutes): writes benchmarks/results/<date>.md
+# cymqtt beside mosquitto, every scenario (about 13 minutes): writes benchmarks/results/<date>.md
 # (ARGS="--quick" for 4 s scenarios), after the compiled-core microbenchmarks.
 bench: microbench
 	$(PY) benchmarks/compare.py $(ARGS)

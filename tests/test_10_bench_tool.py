@@ -235,9 +235,9 @@ def test_retained_stores_then_times_each_subscription(broker):
                     "--sub", "ret/#:0", "--sub", "ret/#:1", "--sub", "ret/3/+/x:1",
                     "--timeout", "10", "--settle", "0.2")
     assert r["command"] == "retained" and r["stored"] == 500 and r["store_qos"] == 1
-    assert [(s["filter"], s["qos"], s["expected"]) for s in r["subs"]] == [
+    assert [(s["filter"], s["qos"], s["expected"]) for s in r["subscriptions"]] == [
         ("ret/#", 0, 500), ("ret/#", 1, 500), ("ret/3/+/x", 1, 50)]
-    for s in r["subs"]:
+    for s in r["subscriptions"]:
         # every message arrives once, flagged RETAIN; QoS 1 ones were acknowledged (else the
         # broker's inflight window of 32 would have stopped the flow)
         assert s["received"] == s["retained"] == s["expected"], s

@@ -227,7 +227,7 @@ async def run_retained(o: dict) -> dict:
     res: dict = {"scenario": o["name"] or "retained", "command": "retained",
                  "broker": f"{o['host']}:{o['port']}", "version": o["version"],
                  "size": o["size"], "count": o["count"], "width": o["width"],
-                 "stored": 0, "store_s": None, "subs": [], "errors": 0, "notes": []}
+                 "stored": 0, "store_s": None, "subscriptions": [], "errors": 0, "notes": []}
     if o["store"]:
         try:
             res.update(await _store(o, names, prefix))
@@ -239,7 +239,7 @@ async def run_retained(o: dict) -> dict:
         expected = sum(1 for t in names if topic_matches(filt, t))
         rec = await _subscribe(o, filt, qos, expected, f"{prefix}-r{k + 1}")
         res["errors"] += rec["error"] is not None
-        res["subs"].append(rec)
+        res["subscriptions"].append(rec)
     return res
 
 
@@ -258,7 +258,7 @@ def summary_table(r: dict) -> str:
              f"{r['count']:,} topics, {r['size']} B payload"]
     if r["store_s"] is not None:
         lines.append(f"  stored                 {r['stored']:,} in {r['store_s']:.2f} s")
-    for s in r["subs"]:
+    for s in r["subscriptions"]:
         took = "-" if s["seconds"] is None else f"{s['seconds']:.3f} s"
         line = (f"  {s['filter']} QoS {s['qos']:<3} {s['received']:,} of {s['expected']:,} "
                 f"in {took}")
