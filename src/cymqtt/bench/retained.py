@@ -210,7 +210,7 @@ async def _subscribe(o: dict, filt: str, qos: int, expected: int, client_id: str
     rec.update(received=c.received, retained=c.reader.retained,
                duplicates=c.reader.duplicates, complete=c.received == expected)
     if end_ns:
-        rec["seconds"] = round((end_ns - t0) / 1e9, 3)
+        rec["seconds"] = round((end_ns - t0) / 1e9, 6)
         rec["per_s"] = round(min(c.received, expected or c.received) / rec["seconds"], 1) \
             if rec["seconds"] > 0 else None
     if c.error and not rec["error"]:
