@@ -14,7 +14,7 @@ test: build tools
 	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
 	$(PY) -m pytest -q -p no:cacheprovider --loop=uvloop --ignore=tests/fast --ignore=tests/protocol $(ARGS)
 
-# cymqtt beside mosquitto, every scenario (about 10 minutes): writes benchmarks/results/<date>.md
+# cymqtt beside mosquitto, every scenario (about 13 minutes): writes benchmarks/results/<date>.md
 # (ARGS="--quick" for 4 s scenarios), after the compiled-core microbenchmarks.
 bench: microbench
 	$(PY) benchmarks/compare.py $(ARGS)
@@ -41,4 +41,5 @@ tools:
 	./scripts/install-test-tools.sh
 
 clean:
-	rm -rf build src/*.egg-info src/cymqtt/_fast/*.c src/cymqtt/_fast/*.so src/cymqtt/_fast/*.html
+	rm -rf build src/*.egg-info src/cymqtt/_fast/*.c src/cymqtt/_fast/*.so src/cymqtt/_fast/*.html \
+		src/cymqtt/bench/*.c src/cymqtt/bench/*.so src/cymqtt/bench/*.html

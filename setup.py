@@ -1,11 +1,12 @@
-"""Build the compiled core (src/cymqtt/_fast/*.pyx).
+"""Build the compiled core (src/cymqtt/_fast/*.pyx) and the load generator's loops
+(src/cymqtt/bench/*.pyx).
 
-Every ``.pyx`` in ``src/cymqtt/_fast`` becomes its own extension module
-(``cymqtt._fast.<name>``); modules call each other through their ``.pxd``.
+Every ``.pyx`` in those folders becomes its own extension module (``cymqtt._fast.<name>``,
+``cymqtt.bench.<name>``); modules call each other through their ``.pxd``.
 
 Environment:
   CYMQTT_DEBUG=1   line tracing, annotated HTML, ``CYMQTT_DEBUG`` macro, -O0 -g
-  CYMQTT_ONLY=a,b  build only those _fast modules
+  CYMQTT_ONLY=a,b  build only those modules (by file name: codec,_wire)
 """
 import glob
 import os
@@ -40,14 +41,18 @@ if DEBUG:
     cflags = ["-O0", "-g", "-Wall"]
     directives["linetrace"] = True
 
-sources = sorted(glob.glob(os.path.join("src", "cymqtt", "_fast", "*.pyx")))
+# The packages whose .pyx files are compiled: the broker's core, and cymqtt-bench's hot loops.
+PACKAGES = ("_fast", "bench")
+sources = sorted(src for pkg in PACKAGES
+                 for src in glob.glob(os.path.join("src", "cymqtt", pkg, "*.pyx")))
 # CYMQTT_ONLY=codec,topics builds just those modules (handy while several people edit _fast/).
 only = [m for m in os.environ.get("CYMQTT_ONLY", "").split(",") if m]
 if only:
     sources = [s for s in sources if os.path.splitext(os.path.basename(s))[0] in only]
 extensions = [
     Extension(
-        "cymqtt._fast." + os.path.splitext(os.path.basename(src))[0],
+        ".".join(["cymqtt", os.path.basename(os.path.dirname(src)),
+                  os.path.splitext(os.path.basename(src))[0]]),
         [src],
         define_macros=macros,
         extra_compile_args=cflags,

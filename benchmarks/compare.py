@@ -20,6 +20,12 @@ Scenarios (scaled to a 2-core machine):
                earlier in the run
     conn       ~19,000 idle connections (the open-file limit is 20,000 per process): connect
                rate, and broker memory per connection = (VmRSS after - VmRSS before) / N
+    p2p_qos0_flood  overload: 100 pairs, QoS 0, 64 B, publishers as fast as their sockets take
+               it (--max-ahead 0): delivered and offered msg/s, loss %, latency
+    fairness   50 pairs at 200 msg/s each, alone and then beside one flooding QoS 0 pair (a
+               second cymqtt-bench process): the paced pairs' p99 latency with and without
+    retained   100,000 retained messages stored, then new subscribers to ret/# at QoS 0 and 1
+               and to ret/7/+/x (1,000 topics): how many arrive and how fast
 
 Writes benchmarks/results/<YYYY-MM-DD>.md (a table per scenario: each broker's figures and the
 ratio cymqtt/mosquitto), <date>-throughput.png and <date>-latency.png (matplotlib), and the raw
@@ -44,7 +50,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-SCENARIOS = ("p2p_qos0", "p2p_qos1", "fanout", "fanin", "latency", "conn")
+SCENARIOS = ("p2p_qos0", "p2p_qos1", "fanout", "fanin", "latency", "conn", "p2p_qos0_flood",
+             "fairness", "retained")
+# A flooding publisher's SO_SNDBUF: without a cap the kernel lets each socket's send buffer
+# grow to 4 MB, and 100 publishers bury the run under ~400 MB of backlog (seconds of latency,
+# and messages still queued when the run ends counted as lost).
+FLOOD_SNDBUF = 65536
 BROKERS = ("cymqtt", "mosquitto")
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -203,10 +214,12 @@ class Broker:
 # -- the load generator -----------------------------------------------------------------------
 
 def run_bench(args: list[str], port: int, cpu: str | None, timeout: float,
-              on_line=None, label: str = "") -> dict:
+              on_line=None, label: str = "", nice: int = 0) -> dict:
     """Run cymqtt-bench; stream its stderr (prefixed) and return its JSON line."""
     cmd = pinned(cpu, [sys.executable, "-m", "cymqtt.bench", *args, "--port", str(port),
                        "--interval", "2"])
+    if nice:
+        cmd = ["nice", "-n", str(nice), *cmd]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=ROOT)
     out_lines: list[str] = []
@@ -284,7 +297,71 @@ def scenario_args(name: str, o: argparse.Namespace, calib: dict) -> tuple[list[s
                 f"{o.conns:,} idle connections (MQTT 3.1.1, keep alive 60 s) opened as fast as "
                 f"100 handshakes in flight allow (2 load processes, source addresses "
                 f"127.0.0.x, 5,000 each), held {o.hold:g} s", o.hold + 30)
+    if name == "p2p_qos0_flood":
+        return (flood_args(name, 100, "bench/%i", d),
+                "100 pairs, 64 B payload, QoS 0, publishers writing as fast as their sockets "
+                f"take it (--max-ahead 0: no end-to-end flow control; SO_SNDBUF "
+                f"{FLOOD_SNDBUF // 1024} KB), {d:g} s. Offered = what the broker accepted from "
+                "the publishers per second; loss = sent - received, after a drain", d + 15)
+    if name == "fairness":
+        return (["pubsub", "--name", "fairness_paced", "--pairs", "50", "--topic", "paced/%i",
+                 "--qos", "0", "--size", "64", "--rate", "200", "--duration", str(d),
+                 "--drain", "3"],
+                "50 pairs at 200 msg/s each (10,000 msg/s), QoS 0, 64 B, first alone, then "
+                "beside one flooding pair (QoS 0, --max-ahead 0, SO_SNDBUF "
+                f"{FLOOD_SNDBUF // 1024} KB, topic flood/1) run by a second cymqtt-bench "
+                f"process at nice 10 on the same CPU, {d:g} s each", d + 15)
+    if name == "retained":
+        return (["retained", "--name", name, "--count", "100000", "--width", "1000",
+                 "--sub", "ret/#:0", "--sub", "ret/#:1", "--sub", "ret/7/+/x:0",
+                 "--timeout", "5"],
+                "100,000 retained messages (64 B, stored at QoS 1, topics ret/<a>/<b>/x), then "
+                "a new subscriber to ret/# at QoS 0, one at QoS 1 (acknowledging each "
+                "PUBLISH) and one to ret/7/+/x (1,000 topics) at QoS 0; seconds from "
+                "SUBSCRIBE to the last expected message, giving up after 5 s without one",
+                90)
     raise ValueError(name)
+
+
+def flood_args(name: str, pairs: int, topic: str, seconds: float) -> list[str]:
+    return ["pubsub", "--name", name, "--pairs", str(pairs), "--topic", topic, "--qos", "0",
+            "--size", "64", "--max-ahead", "0", "--sndbuf", str(FLOOD_SNDBUF),
+            "--duration", f"{seconds:g}", "--drain", "3"]
+
+
+def run_fairness(broker: Broker, o: argparse.Namespace, args: list[str], expect_s: float,
+                 rec: dict) -> dict:
+    """The paced pairs alone (rec["baseline"]), then beside the flood (returned; the flood's
+    own result goes to rec["flood"])."""
+    label = f"fairness/{broker.kind}"
+    rec["baseline"] = run_bench(args, broker.port, o.load_cpu, timeout=expect_s + 90,
+                                label=label + "/alone")
+    flooding = threading.Event()
+    flood: dict = {}
+
+    def on_line(line: str) -> None:
+        if "pubs connected" in line:
+            flooding.set()
+
+    def run_flood() -> None:
+        try:
+            flood["res"] = run_bench(flood_args("fairness_flood", 1, "flood/%i", o.duration + 4),
+                                     broker.port, o.load_cpu, timeout=expect_s + 90,
+                                     on_line=on_line, label=label + "/flood", nice=10)
+        except Exception as exc:       # reported with the result
+            flood["error"] = str(exc)
+        flooding.set()
+
+    t = threading.Thread(target=run_flood, daemon=True)
+    t.start()
+    flooding.wait(60)
+    time.sleep(1.0)                    # the flood has filled its buffers
+    res = run_bench(args, broker.port, o.load_cpu, timeout=expect_s + 90, label=label)
+    t.join(expect_s + 120)
+    rec["flood"] = flood.get("res") or {}
+    if "error" in flood:
+        rec["flood_error"] = flood["error"]
+    return res
 
 
 def run_one(name: str, kind: str, o: argparse.Namespace, calib: dict, mosquitto: str,
@@ -317,8 +394,11 @@ def run_one(name: str, kind: str, o: argparse.Namespace, calib: dict, mosquitto:
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
         t0 = time.monotonic()
-        res = run_bench(args, broker.port, o.load_cpu, timeout=expect_s + 90, on_line=on_line,
-                        label=f"{name}/{kind}")
+        if name == "fairness":
+            res = run_fairness(broker, o, args, expect_s, rec)
+        else:
+            res = run_bench(args, broker.port, o.load_cpu, timeout=expect_s + 90,
+                            on_line=on_line, label=f"{name}/{kind}")
         wall = time.monotonic() - t0
         if sampler is not None:
             held.set()
@@ -331,6 +411,8 @@ def run_one(name: str, kind: str, o: argparse.Namespace, calib: dict, mosquitto:
         # holding); connect and drain phases fall in the numerator only, so it reads a little
         # high, the same way for both brokers.
         window = res.get("duration_s") or 0
+        if name in ("fairness", "retained"):
+            window = 0                   # several runs, or no fixed one: CPU seconds only
         if name == "conn":
             window += res.get("connect_time_s") or 0
         if cpu_before is not None and cpu_after is not None:
@@ -338,7 +420,7 @@ def run_one(name: str, kind: str, o: argparse.Namespace, calib: dict, mosquitto:
             rec["broker_cpu_s"] = round(cpu, 2)
             if window > 0:
                 rec["broker_cpu_pct"] = round(100 * cpu / window, 1)
-            if res.get("received"):
+            if res.get("received") and window > 0:
                 rec["broker_us_per_delivery"] = round(1e6 * cpu / res["received"], 2)
         if window > 0:
             rec["bench_cpu_pct"] = round(100 * res.get("bench_cpu_s", 0) / window, 1)
@@ -423,22 +505,100 @@ METRICS = {
         ("broker CPU, s", lambda r: r.get("broker_cpu_s") if r else None, 2),
         ("errors", lambda r: b(r, "errors"), 0),
     ],
+    "p2p_qos0_flood": [
+        ("delivered msg/s (higher is better)", lambda r: b(r, "recv_per_s"), 0),
+        ("offered msg/s (what the broker took from the publishers)",
+         lambda r: b(r, "sent_per_s"), 0),
+        ("received / sent", lambda r: f"{fmt(b(r, 'received'))} / {fmt(b(r, 'expected'))}"
+         if r else None, 0),
+        ("loss, % (lower is better)", lambda r: loss_pct(r and r.get("bench")), 1),
+        ("latency p50 ms (lower is better)", lambda r: lat(r, "p50"), 2),
+        ("latency p99 ms (lower is better)", lambda r: lat(r, "p99"), 2),
+        ("broker CPU, % of one core", lambda r: r.get("broker_cpu_pct") if r else None, 0),
+        ("broker CPU per delivery, us (lower is better)",
+         lambda r: r.get("broker_us_per_delivery") if r else None, 2),
+        ("load generator CPU, % of one core", lambda r: r.get("bench_cpu_pct") if r else None, 0),
+        ("errors", lambda r: b(r, "errors"), 0),
+    ],
+    "fairness": [
+        ("paced p99 ms alone", lambda r: sub_lat(r, "baseline", "p99"), 2),
+        ("paced p99 ms beside the flood (lower is better)", lambda r: lat(r, "p99"), 2),
+        ("paced p99 beside the flood / alone (lower is better)",
+         lambda r: (lat(r, "p99") / sub_lat(r, "baseline", "p99"))
+         if lat(r, "p99") and sub_lat(r, "baseline", "p99") else None, 2),
+        ("paced p50 ms alone / beside the flood",
+         lambda r: f"{fmt(sub_lat(r, 'baseline', 'p50'), 2)} / {fmt(lat(r, 'p50'), 2)}"
+         if r else None, 0),
+        ("paced loss, % alone / beside the flood",
+         lambda r: f"{fmt(loss_pct(r.get('baseline')), 1)} / {fmt(loss_pct(r.get('bench')), 1)}"
+         if r else None, 0),
+        ("flood delivered msg/s", lambda r: (r.get("flood") or {}).get("recv_per_s")
+         if r else None, 0),
+        ("flood offered msg/s", lambda r: (r.get("flood") or {}).get("sent_per_s")
+         if r else None, 0),
+        ("flood loss, %", lambda r: loss_pct(r and r.get("flood")), 1),
+        ("errors (paced alone + beside + flood)",
+         lambda r: sum((r.get(k) or {}).get("errors", 0) for k in ("baseline", "bench", "flood"))
+         if r else None, 0),
+    ],
 }
+NO_RATIO = {"errors", "lost", "loss, % (lower is better)", "flood loss, %",
+            "errors (paced alone + beside + flood)"}
+
+
+def loss_pct(res: dict | None):
+    if not res or not res.get("expected"):
+        return None
+    return 100.0 * (res.get("lost") or 0) / res["expected"]
+
+
+def sub_lat(rec: dict | None, part: str, key: str):
+    lat_ms = ((rec or {}).get(part) or {}).get("latency_ms")
+    return None if not lat_ms else lat_ms.get(key)
+
+
+def retained_rows(recs: dict[str, dict]) -> list:
+    """One pair of rows per subscription of the retained scenario."""
+    def sub(r, k):
+        subs = (r or {}).get("bench", {}).get("subscriptions") or []
+        return subs[k] if k < len(subs) else None
+
+    def seconds(x):
+        # Only a complete delivery has a time to compare; an incomplete one says where it ended.
+        if not x or x.get("seconds") is None:
+            return None
+        return x["seconds"] if x.get("complete") else f"incomplete (last at {x['seconds']:.3f})"
+
+    any_rec = next((r for r in recs.values() if r.get("bench", {}).get("subscriptions")), None)
+    rows = [("stored, s", lambda r: (r or {}).get("bench", {}).get("store_s"), 2)]
+    for k, s in enumerate(any_rec["bench"]["subscriptions"] if any_rec else []):
+        what = f"{s['filter']} QoS {s['qos']}"
+        rows.append((f"{what}: received of {s['expected']:,} (higher is better)",
+                     lambda r, k=k: (sub(r, k) or {}).get("received"), 0))
+        rows.append((f"{what}: seconds (lower is better)",
+                     lambda r, k=k: seconds(sub(r, k)), 3))
+    rows.append(("errors", lambda r: (r or {}).get("bench", {}).get("errors"), 0))
+    return rows
 
 TITLES = {
     "p2p_qos0": "p2p, QoS 0", "p2p_qos1": "p2p, QoS 1", "fanout": "Fan-out",
     "fanin": "Fan-in", "latency": "Latency at a fixed rate", "conn": "Idle connections",
+    "p2p_qos0_flood": "Overload: p2p QoS 0 flood", "fairness": "Fairness beside a flood",
+    "retained": "Retained delivery",
 }
 
 
 def table(name: str, recs: dict[str, dict]) -> list[str]:
     c, m = recs.get("cymqtt"), recs.get("mosquitto")
-    rows = METRICS["conn" if name == "conn" else "throughput"]
+    if name == "retained":
+        rows = retained_rows(recs)
+    else:
+        rows = METRICS.get(name, METRICS["throughput"])
     out = ["| | cymqtt | mosquitto | cymqtt / mosquitto |", "|---|---:|---:|---:|"]
     for label, get, digits in rows:
         vc, vm = get(c), get(m)
         r = ratio(vc, vm) if isinstance(vc, (int, float)) and isinstance(vm, (int, float)) \
-            and label not in ("errors", "lost") else ""
+            and label not in NO_RATIO else ""
         out.append(f"| {label} | {fmt(vc, digits)} | {fmt(vm, digits)} | {r} |")
     return out
 
@@ -453,7 +613,8 @@ def charts(results: dict, out_dir: Path, stem: str) -> list[str]:
         return []
     made = []
     colors = {"cymqtt": "#1f77b4", "mosquitto": "#8c8c8c"}
-    thr = [s for s in ("p2p_qos0", "p2p_qos1", "fanout", "fanin", "latency") if s in results]
+    thr = [s for s in ("p2p_qos0", "p2p_qos1", "fanout", "fanin", "latency", "p2p_qos0_flood")
+           if s in results]
     if thr:
         fig, axes = plt.subplots(1, len(thr), figsize=(3.2 * len(thr), 3.6), squeeze=False)
         for ax, s in zip(axes[0], thr):
@@ -558,6 +719,13 @@ def write_report(results: dict, meta: dict, out_dir: Path, stem: str, pngs: list
             if not r:
                 continue
             notes = list(r.get("bench", {}).get("notes", []))
+            for part in ("baseline", "flood"):
+                notes += [f"{part}: {n}" for n in (r.get(part) or {}).get("notes", [])]
+            if r.get("flood_error"):
+                notes.append(f"flood run failed: {r['flood_error']}")
+            for sub in r.get("bench", {}).get("subscriptions") or []:
+                if sub.get("error"):
+                    notes.append(f"{sub['filter']} QoS {sub['qos']}: {sub['error']}")
             if r.get("error"):
                 notes.append(f"run failed: {r['error']}")
             if r.get("broker_alive_after") is False:
@@ -681,6 +849,11 @@ def main(argv: list[str] | None = None) -> int:
                            "description": scenario_args(name, o, calib)[1]}
                 results[name][kind] = rec
                 bench = rec.get("bench", {})
+                if name == "retained":
+                    log(f"{name} on {kind}: " + "; ".join(
+                        f"{s['filter']} QoS {s['qos']} {s['received']:,}/{s['expected']:,} in "
+                        f"{s['seconds']} s" for s in bench.get("subscriptions", [])))
+                    continue
                 log(f"{name} on {kind}: delivered {bench.get('recv_per_s', 0):,.0f}/s, "
                     f"connected {bench.get('connected', 0):,}, lost {bench.get('lost')}, "
                     f"latency {bench.get('latency_ms')}, broker CPU {rec.get('broker_cpu_pct')}%"

@@ -14,11 +14,8 @@ import sys
 import threading
 import time
 
-import pytest
 
-from cymqtt._fast.codec import FrameParser, encode_publish
 from cymqtt.bench import stats
-from cymqtt.bench.client import HEADER, PublishTemplate
 from cymqtt.bench.runner import delivery_weights, topic_matches
 
 TIMEOUT = 60
@@ -94,6 +91,37 @@ def test_pubsub_qos0_duration(broker):
     assert r["sent"] > 0
     assert r["expected"] == r["sent"]
     assert r["received"] + r["lost"] == r["expected"]
+    assert r["errors"] == 0, r["error_detail"]
+
+
+def test_flood_against_a_sink_counts_what_the_sink_read():
+    # --max-ahead 0: publishers write as fast as the sockets take it, while the subscribers
+    # read (and time) what benchmarks/sink.py sends them. What the bench calls sent is what
+    # the sink read, frame for frame.
+    import os
+    import signal
+    import socket
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sink = subprocess.Popen([sys.executable, os.path.join(root, "benchmarks", "sink.py"),
+                             "--port", str(port), "--deliver", "5000", "--duration", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "listening" in sink.stderr.readline()
+        r, _ = bench(port, "pubsub", "--pairs", "4", "--qos", "0", "--max-ahead", "0",
+                     "--duration", "1", "--drain", "0.5", "--sndbuf", "65536")
+        sink.send_signal(signal.SIGTERM)
+        out, _ = sink.communicate(timeout=TIMEOUT)
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
+    s = json.loads(out.strip().splitlines()[-1])
+    assert r["sent"] > 0 and s["publishes_read"] == r["sent"]
+    assert 0 < r["received"] <= s["delivered"]
+    assert r["latency_ms"] is not None
     assert r["errors"] == 0, r["error_detail"]
 
 
@@ -180,28 +208,6 @@ def test_refused_connections_are_counted_not_crashed():
 
 # -- pieces ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("version", [3, 4, 5])
-@pytest.mark.parametrize("qos", [0, 1, 2])
-def test_publish_template_patches_the_right_bytes(version, qos):
-    tpl = PublishTemplate("bench/7", 40, qos, version)
-    frame = bytearray(tpl.frame) * 3
-    for k in range(3):
-        if qos:
-            args = (k + 1, 0, 1000 + k, 7, k) if version == 5 else (k + 1, 1000 + k, 7, k)
-        else:
-            args = (1000 + k, 7, k)
-        tpl.packer(frame, tpl.off + k * tpl.length, *args)
-    packets = FrameParser(version).feed(bytes(frame))
-    assert len(packets) == 3
-    for k, p in enumerate(packets):
-        assert p.topic == "bench/7" and p.qos == qos and len(p.payload) == 40
-        assert HEADER.unpack_from(p.payload) == (1000 + k, 7, k)
-        assert p.packet_id == (k + 1 if qos else 0)
-    # the template is what encode_publish makes
-    assert tpl.frame == encode_publish("bench/7", bytes(40), qos, False, False,
-                                       1 if qos else 0, None, version)
-
-
 def test_histogram_percentiles_are_close():
     hist = stats.new_histogram()
     values = list(range(1, 10001))              # 1 us .. 10 ms
@@ -222,3 +228,21 @@ def test_topic_matching_and_weights():
     assert not topic_matches("bench/+", "bench/1/2")
     assert topic_matches("#", "a/b") and not topic_matches("#", "$SYS/x")
     assert delivery_weights(["bench/1", "bench/2"], ["bench/1", "bench/#", "bench/#"]) == [3, 2]
+
+
+def test_retained_stores_then_times_each_subscription(broker):
+    r, proc = bench(broker.port, "retained", "--count", "500", "--width", "50",
+                    "--sub", "ret/#:0", "--sub", "ret/#:1", "--sub", "ret/3/+/x:1",
+                    "--timeout", "10", "--settle", "0.2")
+    assert r["command"] == "retained" and r["stored"] == 500 and r["store_qos"] == 1
+    assert [(s["filter"], s["qos"], s["expected"]) for s in r["subscriptions"]] == [
+        ("ret/#", 0, 500), ("ret/#", 1, 500), ("ret/3/+/x", 1, 50)]
+    for s in r["subscriptions"]:
+        # every message arrives once, flagged RETAIN; QoS 1 ones were acknowledged (else the
+        # broker's inflight window of 32 would have stopped the flow)
+        assert s["received"] == s["retained"] == s["expected"], s
+        assert s["complete"] and s["error"] is None and s["seconds"] > 0
+    assert r["errors"] == 0
+    assert "ret/3/+/x QoS 1" in proc.stdout
+    # the broker holds what was stored
+    assert broker.call(lambda: broker.broker.retained_count) == 500

@@ -6,6 +6,7 @@
     cymqtt-bench pubsub --pairs 100 --qos 0                          p2p on distinct topics
     cymqtt-bench pubsub --pubs 1 --subs 1000 --topic bench/x --rate 50        fan-out
     cymqtt-bench pubsub --pubs 1000 --subs 1 --sub-topic 'bench/#' --rate 10  fan-in
+    cymqtt-bench retained --count 100000 --sub 'ret/#:0' --sub 'ret/7/+/x:1'  retained delivery
 
 Progress goes to stderr every --interval seconds; at the end a summary table and then exactly
 one JSON line (the last line) go to stdout. Works against any MQTT 3.1/3.1.1/5.0 broker.
@@ -80,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--connect-rate", type=_positive_float, default=0.0,
                    help="new connections per second, over all workers; 0 = as fast as "
                         "--max-pending allows (default 0)")
+    m.add_argument("--sndbuf", type=int, default=0,
+                   help="publishers' socket send buffer in bytes (SO_SNDBUF; Linux doubles "
+                        "it); 0 = the kernel's default, which grows to net.ipv4.tcp_wmem's "
+                        "maximum (4 MB) per socket while the broker reads slower than the "
+                        "publisher writes (default 0)")
     m.add_argument("--drain", type=_positive_float, default=5.0,
                    help="after publishing, seconds without progress before giving up on "
                         "missing acks and deliveries (default 5)")
@@ -134,6 +140,30 @@ def build_parser() -> argparse.ArgumentParser:
                          "(end-to-end flow control on top of TCP back-pressure, which on "
                          "loopback lets hundreds of MB queue up); 0 = TCP back-pressure only "
                          "(default 100)")
+    rt = sub.add_parser("retained", parents=[common],
+                        help="store retained messages, then time new subscribers getting them",
+                        description="Store --count retained messages (one topic each: "
+                                    "PREFIX/<i // width>/<i %% width>/x), then for each --sub "
+                                    "a new subscriber counts and times what it gets.")
+    rt.add_argument("-n", "--count", type=int, default=100_000,
+                    help="retained messages to store (default 100,000)")
+    rt.add_argument("--width", type=int, default=1000,
+                    help="topics per second level (default 1,000: PREFIX/7/+/x matches "
+                         "1,000 topics)")
+    rt.add_argument("--prefix", default="ret", help="first topic level (default ret)")
+    rt.add_argument("-s", "--size", type=int, default=64, help="payload bytes (default 64)")
+    rt.add_argument("--store-qos", type=int, choices=(0, 1, 2), default=1,
+                    help="QoS of the stored messages (default 1)")
+    rt.add_argument("--no-store", dest="store", action="store_false",
+                    help="skip storing: the broker already holds them")
+    rt.add_argument("--sub", action="append", default=None, metavar="FILTER[:QOS]",
+                    help="a subscription to time, repeatable (default: PREFIX/#:0)")
+    rt.add_argument("--timeout", type=_positive_float, default=30.0,
+                    help="seconds without a new message before a subscriber gives up "
+                         "(default 30)")
+    rt.add_argument("--settle", type=_positive_float, default=0.5,
+                    help="seconds to keep listening after the expected count, to catch "
+                         "extras (default 0.5)")
     return p
 
 
@@ -152,7 +182,8 @@ def options(args: argparse.Namespace) -> dict:
         "inflight": max(1, getattr(args, "inflight", 32)),
         "connect_rate": getattr(args, "connect_rate", 0.0),
         "drain": getattr(args, "drain", 5.0),
-        "duration": args.duration,
+        "sndbuf": max(0, getattr(args, "sndbuf", 0) or 0),
+        "duration": getattr(args, "duration", None),
         "pubs": 0, "subs": 0, "conns": 0, "pairs": 0,
         "max_ahead": getattr(args, "max_ahead", 0),
         "topic": "bench/%i", "sub_topic": "bench/#",
@@ -169,7 +200,7 @@ def options(args: argparse.Namespace) -> dict:
     elif cmd == "sub":
         o["subs"] = args.clients
         o["sub_topic"] = args.topic
-    else:
+    elif cmd == "pubsub":
         if args.pairs:
             o["pubs"] = o["subs"] = o["pairs"] = args.pairs
         else:
@@ -177,6 +208,12 @@ def options(args: argparse.Namespace) -> dict:
         o["topic"] = args.topic
         o["sub_topic"] = args.sub_topic or args.topic
         o["rate"] = args.rate
+    else:                           # retained
+        from cymqtt.bench.retained import parse_sub
+        o.update(count=args.count, width=args.width, prefix=args.prefix,
+                 store_qos=args.store_qos, store=args.store, timeout=args.timeout,
+                 settle=args.settle,
+                 retained_subs=[parse_sub(t) for t in (args.sub or [f"{args.prefix}/#:0"])])
     if cmd in ("pub", "pubsub") and o["duration"] is None and not o["count"]:
         o["duration"] = 10.0
     return o
@@ -271,6 +308,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from cymqtt.bench.runner import BenchError, Coordinator
 
+    if args.command == "retained":
+        from cymqtt.bench import retained
+        try:
+            result = retained.run(o)
+        except BenchError as exc:
+            print(f"cymqtt-bench: {exc}", file=sys.stderr)
+            return 2
+        if not o["quiet"]:
+            print(retained.summary_table(result))
+        print(json.dumps(result), flush=True)
+        return 1 if result["errors"] else 0
     coord = Coordinator(o, args.command)
     try:
         result = coord.run()

@@ -10,12 +10,16 @@ one clock for every process on the machine), the publisher's index and a sequenc
     >Q  send time, ns        >I  publisher index (1-based)        >I  sequence number
 
 The frames are built from a template encoded once by `encode_publish`; per message only those
-16 bytes (and for QoS 1/2 the packet identifier just before them) are written with
-`struct.pack_into`, many messages to one bytearray.
+16 bytes (and for QoS 1/2 the packet identifier just before them) are written, many messages to
+one bytes object, by the compiled `_wire.PublishFiller`. What arrives goes through the compiled
+`_wire.DeliveryReader`: it counts PUBLISH frames, reads their stamps into the worker's latency
+histogram and writes the QoS 1/2 acks; only the other packets (CONNACK, SUBACK, PUBACK, ...)
+reach the Python `FrameParser` here.
 """
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 import time
 from typing import TYPE_CHECKING
@@ -23,15 +27,13 @@ from typing import TYPE_CHECKING
 from cymqtt._fast.codec import (
     Connect, FrameParser, Subscribe, encode, encode_ack, encode_publish,
 )
+from cymqtt.bench._wire import DeliveryReader, PublishFiller
 
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.bench.worker import Worker
 
 HEADER = struct.Struct(">QII")            # time, publisher, sequence
 HEADER_SIZE = HEADER.size                 # 16: the smallest payload the bench sends
-_TS = struct.Struct(">Q").unpack_from
-_PID_V4 = struct.Struct(">HQII")          # packet id directly followed by the payload
-_PID_V5 = struct.Struct(">HBQII")         # packet id, property length 0, payload
 
 PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 3, 4, 5, 6, 7
 CONNACK, SUBACK, PINGRESP, DISCONNECT = 2, 9, 13, 14
@@ -41,16 +43,11 @@ P_RECEIVE_MAXIMUM = 0x21
 
 _monotonic_ns = time.monotonic_ns
 
-# Latency histogram buckets (see stats.py), inlined on the receive path.
-_SMALL = 32
-_MAX_BITS = 40
-_TOP = (_MAX_BITS << 4) + 15
-
 
 class PublishTemplate:
     """A PUBLISH frame for one topic/QoS/size, and where its variable bytes live."""
 
-    __slots__ = ("frame", "length", "off", "packer")
+    __slots__ = ("frame", "length", "stamp_off", "pid_off")
 
     def __init__(self, topic: str, size: int, qos: int, version: int) -> None:
         if size < HEADER_SIZE:
@@ -58,28 +55,25 @@ class PublishTemplate:
         self.frame = encode_publish(topic, bytes(size), qos, False, False, 1 if qos else 0,
                                     None, version)
         self.length = len(self.frame)
-        payload_off = self.length - size
+        self.stamp_off = self.length - size              # the payload starts with the stamp
         if qos == 0:
-            self.off = payload_off
-            self.packer = HEADER.pack_into
-        elif version == 5:
-            self.off = payload_off - 3
-            self.packer = _PID_V5.pack_into
-        else:
-            self.off = payload_off - 2
-            self.packer = _PID_V4.pack_into
+            self.pid_off = -1
+        else:                      # the packet id; MQTT 5 puts a property length 0 after it
+            self.pid_off = self.stamp_off - (3 if version == 5 else 2)
+
+    def filler(self, index: int) -> PublishFiller:
+        """The compiled frame maker for publisher `index`."""
+        return PublishFiller(self.frame, self.stamp_off, self.pid_off, index)
 
 
 class BenchClient(asyncio.Protocol):
     __slots__ = (
         "w", "role", "index", "client_id", "topic", "qos", "version", "keepalive",
-        "transport", "parser", "outbox", "dirty", "connected", "closing", "paused",
+        "transport", "reader", "parser", "outbox", "dirty", "connected", "closing", "paused",
         "last_tx", "waiter", "waiting_for",
         # publisher
-        "tpl", "sent", "acked", "seq", "inflight", "window", "next_pid", "count", "finished",
-        "weight", "local_weight", "next_due", "t0",
-        # subscriber
-        "q2_in",
+        "tpl", "filler", "sent", "acked", "seq", "inflight", "window", "next_pid", "count",
+        "finished", "weight", "local_weight", "next_due", "t0",
     )
 
     def __init__(self, worker: Worker, role: str, index: int, client_id: str,
@@ -93,6 +87,8 @@ class BenchClient(asyncio.Protocol):
         self.version = worker.version
         self.keepalive = worker.keepalive
         self.transport: asyncio.Transport | None = None
+        # PUBLISH (and PUBREL) frames are handled by the reader; the rest by the parser.
+        self.reader = DeliveryReader(self.version, worker.hist)
         self.parser = FrameParser(self.version)
         self.outbox: list = []
         self.dirty = False
@@ -103,6 +99,7 @@ class BenchClient(asyncio.Protocol):
         self.waiter: asyncio.Future | None = None
         self.waiting_for = 0
         self.tpl: PublishTemplate | None = None
+        self.filler: PublishFiller | None = None
         self.sent = 0
         self.acked = 0
         self.seq = 0
@@ -115,7 +112,6 @@ class BenchClient(asyncio.Protocol):
         self.local_weight = 0                # ... of them in this worker process
         self.next_due = 0.0
         self.t0 = 0.0
-        self.q2_in: set | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -123,6 +119,10 @@ class BenchClient(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         w = self.w
         transport.set_write_buffer_limits(high=w.high_water)  # type: ignore[attr-defined]
+        if w.sndbuf and self.role == "pub":
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, w.sndbuf)
         props = None
         if self.version == 5 and self.role == "sub":
             props = {P_RECEIVE_MAXIMUM: 65535}
@@ -130,43 +130,37 @@ class BenchClient(asyncio.Protocol):
                                  keepalive=self.keepalive, properties=props)))
 
     def data_received(self, data: bytes) -> None:
-        packets = self.parser.feed(data)
         w = self.w
         now = _monotonic_ns()
-        got = 0
-        hist = w.hist
-        maxlat = w.max_latency_us
-        for p in packets:
+        reader = self.reader
+        got = reader.feed(data, now)
+        if got:
+            w.received += got
+            if w.throttled:
+                w.unthrottle()
+            w.last_rx_ns = now
+            if not w.first_rx_ns:
+                w.first_rx_ns = now
+        acks = reader.take_acks()
+        if acks is not None:
+            self.send(acks)
+        others = reader.take_others()
+        if others is not None:
+            self._others(others)
+        err = reader.error if reader.error is not None else self.parser.error
+        if err is not None:
+            w.error(f"bad frame from the broker: {err}")
+            self.abort()
+            return
+        if self.tpl is not None and self.qos and not self.paused:
+            w.refill(self)
+
+    def _others(self, frames: bytes) -> None:
+        # Every packet but PUBLISH and PUBREL (which the reader answers itself).
+        w = self.w
+        for p in self.parser.feed(frames):
             t = p.type
-            if t == PUBLISH:
-                qos = p.qos
-                if qos:
-                    pid = p.packet_id
-                    if qos == 1:
-                        self.send(encode_ack(PUBACK, pid, 0, None, self.version))
-                    else:
-                        q2 = self.q2_in
-                        if q2 is None:
-                            q2 = self.q2_in = set()
-                        self.send(encode_ack(PUBREC, pid, 0, None, self.version))
-                        if pid in q2:          # a resend before our PUBREC got there
-                            w.duplicates += 1
-                            continue
-                        q2.add(pid)
-                    if p.dup:
-                        w.duplicates += 1
-                got += 1
-                payload = p.payload
-                if len(payload) >= HEADER_SIZE:
-                    us = (now - _TS(payload)[0]) // 1000
-                    if us < _SMALL:
-                        hist[us if us > 0 else 0] += 1
-                    else:
-                        b = us.bit_length()
-                        hist[_TOP if b > _MAX_BITS else (b << 4) | ((us >> (b - 5)) & 15)] += 1
-                    if us > maxlat:
-                        maxlat = us
-            elif t == PUBACK or t == PUBCOMP:
+            if t == PUBACK or t == PUBCOMP:
                 self._acked(p)
             elif t == PUBREC:
                 if p.reason_code >= 0x80:
@@ -175,10 +169,6 @@ class BenchClient(asyncio.Protocol):
                     self.send(encode_ack(PUBREL, p.packet_id, 0, None, self.version))
                 else:
                     w.error("PUBREC for an unknown packet id")
-            elif t == PUBREL:
-                if self.q2_in is not None:
-                    self.q2_in.discard(p.packet_id)
-                self.send(encode_ack(PUBCOMP, p.packet_id, 0, None, self.version))
             elif t == PINGRESP:
                 w.pongs += 1
             elif t == CONNACK:
@@ -189,22 +179,6 @@ class BenchClient(asyncio.Protocol):
                 w.error(f"DISCONNECT from the broker (reason 0x{p.reason_code:02X})")
             else:
                 w.error(f"unexpected {p.name}")
-        if got:
-            w.received += got
-            if w.throttled:
-                w.unthrottle()
-            w.last_rx_ns = now
-            if not w.first_rx_ns:
-                w.first_rx_ns = now
-            if maxlat > w.max_latency_us:
-                w.max_latency_us = maxlat
-        err = self.parser.error
-        if err is not None:
-            w.error(f"bad frame from the broker: {err}")
-            self.abort()
-            return
-        if self.tpl is not None and self.qos and not self.paused:
-            w.refill(self)
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -310,39 +284,17 @@ class BenchClient(asyncio.Protocol):
 
     # -- publishing ----------------------------------------------------------------------------
 
-    def make_frames(self, n: int, now_ns: int):
-        """`n` PUBLISH frames (one bytearray) stamped `now_ns`; QoS 1/2 take packet ids."""
-        tpl = self.tpl
-        L = tpl.length
-        buf = bytearray(tpl.frame) * n if n > 1 else bytearray(tpl.frame)
-        pack = tpl.packer
-        off = tpl.off
-        idx = self.index
-        seq = self.seq
+    def make_frames(self, n: int, now_ns: int) -> bytes:
+        """`n` PUBLISH frames (one bytes object) stamped `now_ns`; QoS 1/2 take packet ids."""
+        filler = self.filler
         if self.qos == 0:
-            for i in range(n):
-                pack(buf, off, now_ns, idx, seq)
-                seq += 1
-                off += L
+            buf = filler.qos0(n, now_ns, self.seq)
         else:
             inflight = self.inflight
             if inflight is None:
                 inflight = self.inflight = set()
-            pid = self.next_pid
-            v5 = self.version == 5
-            for i in range(n):
-                while pid in inflight:
-                    pid = pid % 65535 + 1
-                inflight.add(pid)
-                if v5:
-                    pack(buf, off, pid, 0, now_ns, idx, seq)
-                else:
-                    pack(buf, off, pid, now_ns, idx, seq)
-                pid = pid % 65535 + 1
-                seq += 1
-                off += L
-            self.next_pid = pid
-        self.seq = seq
+            buf, self.next_pid = filler.with_ids(n, now_ns, self.seq, self.next_pid, inflight)
+        self.seq += n
         self.sent += n
         return buf
 

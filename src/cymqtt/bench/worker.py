@@ -30,7 +30,7 @@ import socket
 import time
 from collections import Counter
 
-from cymqtt.bench import stats
+from cymqtt.bench._wire import LatencyHistogram
 from cymqtt.bench.client import BenchClient, PublishTemplate
 
 PROGRESS_PERIOD = 0.2
@@ -71,6 +71,7 @@ class Worker:
         self.count = o["count"] or 0
         self.inflight = o["inflight"]
         self.high_water = o["high_water"]
+        self.sndbuf = o.get("sndbuf", 0)
         self.batch_bytes = o["batch_bytes"]
         self.connect_rate = float(o["connect_rate"] or 0) / max(1, o["procs"])
         self.max_pending = max(1, o["max_pending"] // max(1, o["procs"]))
@@ -94,14 +95,12 @@ class Worker:
         self.expected = 0
         self.acked = 0
         self.received = 0
-        self.duplicates = 0
         self.pings = 0
         self.pongs = 0
         self.lost_connections = 0
         self.errors: Counter = Counter()
         self.error_count = 0
-        self.hist = stats.new_histogram()
-        self.max_latency_us = 0
+        self.hist = LatencyHistogram()      # every subscriber's DeliveryReader adds to it
         self.first_rx_ns = 0
         self.last_rx_ns = 0
         self.first_tx_ns = 0
@@ -238,6 +237,7 @@ class Worker:
             topic_filter = None
             if role == "pub":
                 c.tpl = PublishTemplate(topic, self.size, self.qos, self.version)
+                c.filler = c.tpl.filler(index)
                 c.weight = weight
                 c.local_weight = local_weight
             elif role == "sub":
@@ -530,11 +530,12 @@ class Worker:
             "connect_ok": dict(self.connect_ok), "connect_failed": dict(self.connect_failed),
             "connected_at_stop": connected_at_stop,
             "sent": self.sent, "expected": self.expected, "acked": self.acked,
-            "received": self.received, "duplicates": self.duplicates,
+            "received": self.received,
+            "duplicates": sum(c.reader.duplicates for c in self.clients),
             "pings": self.pings, "pongs": self.pongs,
             "lost_connections": self.lost_connections,
             "errors": self.error_count, "error_detail": dict(self.errors),
-            "hist": self.hist, "max_latency_us": self.max_latency_us,
+            "hist": self.hist.to_list(), "max_latency_us": self.hist.max_us,
             "first_rx_ns": self.first_rx_ns, "last_rx_ns": self.last_rx_ns,
             "first_tx_ns": self.first_tx_ns, "last_tx_ns": self.last_tx_ns,
             "cpu_s": time.process_time() - self._cpu0,
