@@ -137,8 +137,10 @@ def pinned(cpu: str | None, cmd: list[str]) -> list[str]:
 class Broker:
     """One broker process started by this script."""
 
-    def __init__(self, kind: str, cpu: str | None, mosquitto: str, workdir: Path) -> None:
+    def __init__(self, kind: str, cpu: str | None, mosquitto: str, workdir: Path,
+                 python: str | None = None) -> None:
         self.kind = kind
+        self.python = python or sys.executable     # the interpreter that runs `-m cymqtt`
         self.cpu = cpu
         self.mosquitto = mosquitto
         self.workdir = workdir
@@ -153,7 +155,7 @@ class Broker:
             conf.write_text(MOSQUITTO_CONF.format(port=self.port))
             cmd = [self.mosquitto, "-c", str(conf)]
         else:
-            cmd = [sys.executable, "-m", "cymqtt", "--host", "127.0.0.1", "--port",
+            cmd = [self.python, "-m", "cymqtt", "--host", "127.0.0.1", "--port",
                    str(self.port), "--log-level", "warning"]
         self.logfile = open(self.workdir / f"{self.kind}-{self.port}.log", "w+")
         # taskset execs the broker, so the pid is the broker's own.
@@ -367,7 +369,7 @@ def run_fairness(broker: Broker, o: argparse.Namespace, args: list[str], expect_
 def run_one(name: str, kind: str, o: argparse.Namespace, calib: dict, mosquitto: str,
             workdir: Path) -> dict:
     args, desc, expect_s = scenario_args(name, o, calib)
-    broker = Broker(kind, o.broker_cpu, mosquitto, workdir)
+    broker = Broker(kind, o.broker_cpu, mosquitto, workdir, o.cymqtt_python)
     broker.start()
     rec: dict = {"scenario": name, "broker": kind, "description": desc, "args": args}
     try:
@@ -653,12 +655,12 @@ def charts(results: dict, out_dir: Path, stem: str) -> list[str]:
     return made
 
 
-def git_rev() -> str:
+def git_rev(root: Path = ROOT) -> str:
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
                              capture_output=True, text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout
         return rev + ("+dirty" if dirty.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "?"
@@ -767,6 +769,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="idle connections in the conn scenario (default 19,000: the open-file "
                         "limit is 20,000 per process)")
     p.add_argument("--no-charts", action="store_true")
+    p.add_argument("--cymqtt-python", metavar="PYTHON",
+                   help="interpreter whose cymqtt is the broker under test (default: this one); "
+                        "e.g. another checkout's .venv/bin/python, for before/after runs with "
+                        "the same load generator")
     o = p.parse_args(argv)
     o.duration = 4.0 if o.quick else 10.0
     o.hold = 4.0 if o.quick else 10.0
@@ -811,7 +817,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(o.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     date = datetime.date.today().isoformat()
-    meta = {"date": date, "quick": o.quick, "git": git_rev(), "cymqtt": cy_version,
+    # The broker's checkout: this one, or the one whose .venv/bin/python --cymqtt-python names.
+    broker_root = Path(o.cymqtt_python).absolute().parents[2] if o.cymqtt_python else ROOT
+    meta = {"date": date, "quick": o.quick, "git": git_rev(broker_root), "cymqtt": cy_version,
             "mosquitto_version": mosquitto_version, "machine": machine(),
             "broker_cpu": o.broker_cpu, "load_cpu": o.load_cpu,
             "command": " ".join([".venv/bin/python", "benchmarks/compare.py",
