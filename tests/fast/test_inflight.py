@@ -705,3 +705,106 @@ class WindowMachine(RuleBasedStateMachine):
 WindowMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=60,
                                            deadline=None)
 TestWindowMachine = WindowMachine.TestCase
+
+
+# -- release(limit): at most `limit` queued messages per call -------------------------------------
+
+def test_release_limit_is_respected_and_order_kept_across_calls():
+    """release(limit) moves at most `limit` queued messages, oldest first; the next call goes
+    on where the last one stopped, packet ids in sequence."""
+    w = OutboundWindow(max_inflight=32)
+    assert fill(w, 10, online=False) == [-1] * 10
+    assert w.release(3) == [(1, 1, "m0"), (2, 1, "m1"), (3, 1, "m2")]
+    assert (w.inflight_count, w.queued_count) == (3, 7)
+    assert w.release(4) == [(4, 1, "m3"), (5, 1, "m4"), (6, 1, "m5"), (7, 1, "m6")]
+    assert w.release(100) == [(8, 1, "m7"), (9, 1, "m8"), (10, 1, "m9")]
+    assert w.release(5) == [] and (w.inflight_count, w.queued_count) == (10, 0)
+
+
+def test_release_limit_counts_queued_qos0():
+    """QoS 0 messages leaving the queue count toward the limit like QoS 1/2 ones, although
+    they take no slot of the window."""
+    w = OutboundWindow(max_inflight=8, queue_qos0=True)
+    for m, q in [("a", 0), ("b", 1), ("c", 0), ("d", 0), ("e", 2)]:
+        assert w.submit(m, q, False) == -1
+    assert w.release(2) == [(0, 0, "a"), (1, 1, "b")]
+    assert w.release(1) == [(0, 0, "c")]
+    assert w.release(1) == [(0, 0, "d")]
+    assert w.inflight_count == 1 and w.queued_count == 1
+    assert w.release(1) == [(2, 2, "e")]
+
+
+def test_release_limit_minus_one_releases_everything_that_fits():
+    """limit=-1 (the default) has no limit: everything the window has room for, as release()
+    without an argument; what does not fit stays queued, in order."""
+    a = OutboundWindow(max_inflight=3, queue_qos0=True)
+    b = OutboundWindow(max_inflight=3, queue_qos0=True)
+    for w in (a, b):
+        for i, q in enumerate([1, 0, 1, 1, 0, 1, 1]):
+            w.submit(f"m{i}", q, False)
+    out = a.release(-1)
+    assert out == b.release()
+    assert out == [(1, 1, "m0"), (0, 0, "m1"), (2, 1, "m2"), (3, 1, "m3"), (0, 0, "m4")]
+    assert a.queued_count == 2 and a.inflight_count == 3
+    assert a.puback(1) and a.release(-1) == [(4, 1, "m5")]
+
+
+def test_release_limit_zero_releases_nothing():
+    """limit=0 moves nothing, even with room in the window and QoS 0 at the head."""
+    w = OutboundWindow(max_inflight=4, queue_qos0=True)
+    w.submit("z", 0, False)
+    w.submit("a", 1, False)
+    assert w.release(0) == []
+    assert (w.inflight_count, w.queued_count, w.last_pid) == (0, 2, 0)
+    assert w.release(-1) == [(0, 0, "z"), (1, 1, "a")]
+
+
+def test_release_limit_stops_at_a_full_window_without_skipping():
+    """A full window stops release(limit) at the first QoS 1/2 message even when the limit
+    allows more: the QoS 0 messages behind it wait (order is kept)."""
+    w = OutboundWindow(max_inflight=1, queue_qos0=True)
+    assert w.submit("in", 1, True) == 1
+    w.submit("q1", 1, False)
+    w.submit("q0", 0, False)
+    assert w.release(10) == []
+    assert w.queued_count == 2
+    assert w.puback(1)
+    assert w.release(10) == [(2, 1, "q1"), (0, 0, "q0")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(qos=st.lists(st.sampled_from([0, 1, 2]), max_size=60),
+       window=st.integers(1, 8),
+       limits=st.lists(st.integers(-1, 5), max_size=20))
+def test_release_limit_matches_a_plain_model(qos, window, limits):
+    """Any sequence of release(limit) calls, with the window freed by acks every other step,
+    hands out what a plain model says: oldest first, at most `limit` entries (any number for
+    -1), QoS 0 counted, stopping at the first QoS 1/2 message that finds the window full,
+    packet ids in sequence."""
+    w = OutboundWindow(max_inflight=window, max_queued=100, queue_qos0=True)
+    for i, q in enumerate(qos):
+        assert w.submit(i, q, False) == -1
+    queue = list(enumerate(qos))          # the model: (msg, qos) waiting, oldest first
+    inflight: dict[int, int] = {}         # pid -> qos
+    last = 0
+    for step, k in enumerate(limits + [-1]):
+        expected = []
+        n = k
+        while queue and n != 0:
+            n -= 1
+            msg, q = queue[0]
+            if q == 0:
+                expected.append((0, 0, msg))
+            elif len(inflight) < window:
+                last += 1
+                inflight[last] = q
+                expected.append((last, q, msg))
+            else:
+                break
+            del queue[0]
+        assert w.release(k) == expected
+        assert (w.queued_count, w.inflight_count) == (len(queue), len(inflight))
+        if step % 2:
+            for pid, q in inflight.items():
+                assert (w.puback(pid) if q == 1 else w.pubrec(pid) and w.pubcomp(pid))
+            inflight.clear()

@@ -126,7 +126,7 @@ class ClientProtocol:
         "last_rx", "created", "outbox", "out_bytes", "writable", "tx_paused", "paused_since",
         "max_packet_out", "aliases_in", "aliases_out", "alias_out_max", "problem_info",
         "receive_maximum", "username", "auth",
-        "throttled", "waiting", "pending", "received", "sent",
+        "throttled", "throttles", "waiting", "pending", "received", "sent",
     )
 
     def __init__(self, ctx: Context, io: ClientIO) -> None:
@@ -153,6 +153,7 @@ class ClientProtocol:
         self.username: str | None = None
         self.auth = None                      # connect.EnhancedAuth, with an auth method
         self.throttled = False                # its subscribers are congested: hold its input
+        self.throttles = 0                    # times it was held (names each pause's timer)
         self.waiting = False                  # a decision (an authenticator's) is pending
         self.pending: list | None = None      # parsed packets held while throttled or waiting
         self.received = 0                     # PUBLISH packets from this client
@@ -234,7 +235,10 @@ class ClientProtocol:
             return
         self.throttled = True
         self.io.pause_reading()
-        self.io.call_later(seconds, self.unthrottle)
+        self.throttles += 1
+        n = self.throttles
+        # The timer of an earlier pause, ended early by its sessions, must not end this one.
+        self.io.call_later(seconds, lambda: n == self.throttles and self.unthrottle())
 
     def unthrottle(self) -> None:
         if self.throttled:
