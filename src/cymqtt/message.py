@@ -22,7 +22,7 @@ class Message:
     """One published message. `expires_at` is on the loop clock, None when it never expires."""
 
     __slots__ = ("topic", "payload", "qos", "retain", "properties", "expires_at", "sender",
-                 "_frames")
+                 "_key", "_frame", "_frames")
 
     def __init__(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
                  properties: dict | None = None, expires_at: float | None = None,
@@ -34,6 +34,10 @@ class Message:
         self.properties = properties      # forwarded MQTT 5 properties, or None
         self.expires_at = expires_at
         self.sender = sender              # client id of the publisher (no local), or None
+        # The first variant encoded, and its key (_variant()); other variants in _frames. Most
+        # messages go out in one variant, so most never make a dict.
+        self._key = -1
+        self._frame: bytes | None = None
         self._frames: dict | None = None
 
     @classmethod
@@ -63,15 +67,22 @@ class Message:
             # Per-subscriber properties: built for this delivery, not cached.
             return encode_publish(self.topic, self.payload, qos, retain, dup and qos > 0,
                                   packet_id if qos else 0, self.props_for(sub_ids, now), 5)
-        key = (v5, qos, retain)
-        frames = self._frames
-        if frames is None:
-            frames = self._frames = {}
-        frame = frames.get(key)
-        if frame is None:
-            frame = encode_publish(self.topic, self.payload, qos, retain, False, 1 if qos else 0,
-                                   self.properties if v5 else None, 5 if v5 else 4)
-            frames[key] = frame
+        key = (8 if v5 else 0) | (qos << 1) | (1 if retain else 0)
+        if key == self._key:
+            frame = self._frame
+        else:
+            frame = None if self._frames is None else self._frames.get(key)
+            if frame is None:
+                frame = encode_publish(self.topic, self.payload, qos, retain, False,
+                                       1 if qos else 0, self.properties if v5 else None,
+                                       5 if v5 else 4)
+                if self._key < 0:
+                    self._key = key
+                    self._frame = frame
+                else:
+                    if self._frames is None:
+                        self._frames = {}
+                    self._frames[key] = frame
         if qos and (packet_id != 1 or dup):
             return publish_with_id(frame, packet_id, dup)
         return frame

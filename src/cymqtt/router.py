@@ -88,10 +88,7 @@ class Router:
             self.congested = []
         if msg.retain and self.retain_available:
             self.retained.store(msg)
-        return self.publish(msg, now)
-
-    def publish(self, msg: Message, now: float) -> int:
-        """Deliver `msg` to every matching session; returns the number of deliveries."""
+        # Delivery to every matching session (one function: this is the hot path).
         matches = self._matches
         subs = matches.get(msg.topic)
         if subs is None:
@@ -107,10 +104,13 @@ class Router:
                 return self._deliver_shared({(sub.group, sub.topic_filter): subs}, msg, now)
             if sub.no_local and sub.session.client_id == msg.sender:
                 return 0
-            qos = sub.qos if sub.qos < msg.qos else msg.qos
-            retain = msg.retain and sub.retain_as_published
-            ids = [sub.sub_id] if sub.sub_id else None
-            return self._deliver(sub.session, msg, qos, retain, ids, now)
+            session = sub.session
+            r = session.deliver(msg, sub.qos if sub.qos < msg.qos else msg.qos,
+                                msg.retain and sub.retain_as_published,
+                                [sub.sub_id] if sub.sub_id else None, now)
+            if r == CONGESTED:
+                self.congested.append(session)
+            return 1 if r else 0
         # Several matches: one delivery per session at the highest QoS of its matching
         # subscriptions, carrying all their identifiers [MQTT-3.3.4-2, MQTT-3.3.4-3].
         per_session: dict = {}

@@ -374,6 +374,7 @@ cdef class ConnAck(Packet):
 
 
 @cython.final
+@cython.no_gc
 cdef class Publish(Packet):
     _fields = ("topic", "payload", "qos", "retain", "dup", "packet_id", "properties")
 

@@ -35,17 +35,22 @@ def route(proto: ClientProtocol, msg: Message, now: float) -> int:
     router = proto.ctx.router
     n = router.route(msg, now)
     if router.congested:
-        congested = router.congested
-        router.congested = []
-        for session in congested:
-            client = session.client
-            if client is None or client is proto:
-                continue     # never wait for ourselves
-            if session.waiters is None:
-                session.waiters = set()
-            session.waiters.add(proto)
-            proto.throttle(THROTTLE_MAX)
+        _hold(proto, router)
     return n
+
+
+def _hold(proto: ClientProtocol, router) -> None:
+    # The sessions the last route left congested will let `proto` read again once they drain.
+    congested = router.congested
+    router.congested = []
+    for session in congested:
+        client = session.client
+        if client is None or client is proto:
+            continue     # never wait for ourselves
+        if session.waiters is None:
+            session.waiters = set()
+        session.waiters.add(proto)
+        proto.throttle(THROTTLE_MAX)
 
 
 def handle_publish(proto: ClientProtocol, pkt) -> None:
@@ -88,10 +93,15 @@ def handle_publish(proto: ClientProtocol, pkt) -> None:
                                   RC_NOT_AUTHORIZED, None, proto.version))
         return
     now = ctx.clock()
+    msg = Message(topic, pkt.payload, qos, pkt.retain, None, None, proto.client_id) \
+        if props is None else Message.from_publish(pkt, proto.client_id, now)
     if qos == 0:
-        route(proto, Message.from_publish(pkt, proto.client_id, now), now)
+        router = ctx.router      # route(), inline: the hot path
+        router.route(msg, now)
+        if router.congested:
+            _hold(proto, router)
     elif qos == 1:
-        n = route(proto, Message.from_publish(pkt, proto.client_id, now), now)
+        n = route(proto, msg, now)
         proto.send(encode_ack(PUBACK, pkt.packet_id,
                               RC_SUCCESS if n or proto.version < 5 else RC_NO_MATCHING_SUBSCRIBERS,
                               None, proto.version))
@@ -104,7 +114,7 @@ def handle_publish(proto: ClientProtocol, pkt) -> None:
                                     "more QoS 2 messages in flight than the receive maximum "
                                     "allows [MQTT-3.3.4-9]")
         if r:
-            route(proto, Message.from_publish(pkt, proto.client_id, now), now)
+            route(proto, msg, now)
         proto.send(encode_ack(PUBREC, pkt.packet_id, RC_SUCCESS, None, proto.version))
 
 
