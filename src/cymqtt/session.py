@@ -253,14 +253,16 @@ class Session:
             ids = feed.sub_ids
             i = feed.pos
             n = len(messages)
+            send = client.send_publish
             while i < n and client.writable:
                 msg = messages[i]
-                if current(msg.topic) is not msg or msg.expired(now):
+                if current(msg.topic) is not msg or (msg.expires_at is not None
+                                                     and now >= msg.expires_at):
                     i += 1               # replaced, deleted or expired since the SUBSCRIBE
                     continue
                 qos = msg.qos if msg.qos < feed.qos else feed.qos
                 if qos == 0:
-                    client.send_publish(msg, 0, True, 0, False, ids, now)
+                    send(msg, 0, True, 0, False, ids, now)
                 else:
                     w = self._window()
                     q = w.queued_count
@@ -273,7 +275,7 @@ class Session:
                     if pid > 0:
                         if w.inflight_count == 1:
                             self.last_ack = now
-                        client.send_publish(msg, qos, True, pid, False, ids, now)
+                        send(msg, qos, True, pid, False, ids, now)
                 i += 1
             feed.pos = i
             if i < n:
