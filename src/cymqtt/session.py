@@ -163,10 +163,11 @@ class Session:
             # Stalled: nobody waits for it, and its QoS 0 messages go (counted).
             self.dropped_slow += 1
             return 0
-        item = (msg, retain, sub_ids, shared)
-        online = client is not None and client.writable
-        w = self._window()
-        pid = w.submit(item, qos, online)
+        w = self.window
+        if w is None:
+            w = self._window()
+        pid = w.submit((msg, retain, sub_ids, shared), qos,
+                       client is not None and client.writable)
         if pid >= -1 and self.observer is not None:      # accepted: in flight or queued
             self.observer.message_queued(self, msg, qos)
         if pid >= 0:

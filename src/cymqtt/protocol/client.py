@@ -103,7 +103,7 @@ DISPATCH_EARLY = tuple(_early)
 _active = [control.handle_unexpected] * 16
 _active[CONNECT] = connect.handle_connect
 _active[PUBLISH] = publish.handle_publish
-_active[PUBACK] = publish.handle_ack
+_active[PUBACK] = publish.handle_puback
 _active[PUBREC] = publish.handle_ack
 _active[PUBREL] = publish.handle_ack
 _active[PUBCOMP] = publish.handle_ack
@@ -289,7 +289,8 @@ class ClientProtocol:
 
     def _writable_again(self) -> None:
         self.writable = True
-        if self.session is not None:
+        if self.session is not None and self.state != CONN_CLOSING:
+            # (A closing connection sends nothing: what waits stays with the session.)
             self.session.release(self.ctx.clock())
 
     def connection_lost(self) -> None:

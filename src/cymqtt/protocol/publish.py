@@ -22,7 +22,7 @@ from cymqtt.protocol.errors import ProtocolViolation
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.protocol.client import ClientProtocol
 
-__all__ = ["handle_ack", "handle_publish", "route"]
+__all__ = ["handle_ack", "handle_puback", "handle_publish", "route"]
 
 log = logging.getLogger("cymqtt.protocol")
 
@@ -95,16 +95,15 @@ def handle_publish(proto: ClientProtocol, pkt) -> None:
     now = ctx.clock()
     msg = Message(topic, pkt.payload, qos, pkt.retain, None, None, proto.client_id) \
         if props is None else Message.from_publish(pkt, proto.client_id, now)
-    if qos == 0:
+    if qos < 2:
         router = ctx.router      # route(), inline: the hot path
-        router.route(msg, now)
+        n = router.route(msg, now)
         if router.congested:
             _hold(proto, router)
-    elif qos == 1:
-        n = route(proto, msg, now)
-        proto.send(encode_ack(PUBACK, pkt.packet_id,
-                              RC_SUCCESS if n or proto.version < 5 else RC_NO_MATCHING_SUBSCRIBERS,
-                              None, proto.version))
+        if qos:
+            proto.send(encode_ack(PUBACK, pkt.packet_id,
+                                  RC_SUCCESS if n or proto.version < 5
+                                  else RC_NO_MATCHING_SUBSCRIBERS, None, proto.version))
     else:
         inbound = proto.session.inbound_qos2(config.receive_maximum
                                              if proto.version == 5 else 65535)
@@ -140,6 +139,11 @@ def _resolve_alias(proto: ClientProtocol, alias: int, topic: str) -> str:
     if aliases is None or alias not in aliases:
         raise ProtocolViolation(RC_PROTOCOL_ERROR, f"topic alias {alias} used before it was set")
     return aliases[alias]
+
+
+def handle_puback(proto: ClientProtocol, pkt) -> None:
+    """PUBACK for a QoS 1 message we sent (the common acknowledgement, on its own path)."""
+    proto.session.ack(PUBACK, pkt.packet_id, proto.ctx.clock())
 
 
 def handle_ack(proto: ClientProtocol, pkt) -> None:
