@@ -64,7 +64,7 @@ OUTBOX_HIGH = 256 * 1024
 # Packets handled per connection per loop iteration; the rest of what was read waits for the
 # next one (reading paused meanwhile), so one flooding client cannot starve the others' reads,
 # pings and acks, and no iteration grows long enough to hurt everyone's latency.
-READ_BUDGET = 256
+READ_BUDGET = 64
 
 
 class ClientIO(Protocol):
