@@ -23,30 +23,12 @@ import pytest
 
 from cymqtt._fast.codec import FrameParser
 from helpers_paho import V311, wait_until
+from protocol._harness import packet as _packet, utf8 as _str
 
 PUBLISH, PUBACK, SUBACK, PINGRESP = 3, 4, 9, 13
 
 
 # -- MQTT bytes, by hand ------------------------------------------------------------------------
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
-
-
-def _str(s: str) -> bytes:
-    b = s.encode()
-    return len(b).to_bytes(2, "big") + b
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _varint(len(body)) + body
-
 
 def connect_frame(client_id: str, clean: bool = True, keepalive: int = 600) -> bytes:
     return _packet(0x10, _str("MQTT") + bytes([4, 0x02 if clean else 0])

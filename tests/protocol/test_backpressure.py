@@ -14,6 +14,8 @@ harness's own decoder.
 """
 from __future__ import annotations
 
+import pytest
+
 from cymqtt.config import Config
 from cymqtt.metrics import collect
 from cymqtt.protocol.client import OUTBOX_HIGH, READ_BUDGET
@@ -410,12 +412,13 @@ def test_retained_backlog_waits_for_an_unwritable_socket():
     assert session.retained_pending == 0
 
 
-def test_retained_backlog_qos1_never_overflows_window_or_queue():
+@pytest.mark.parametrize("max_inflight, max_queued, n", [(8, 1000, 500), (32, 10, 100)])
+def test_retained_backlog_qos1_never_overflows_window_or_queue(max_inflight, max_queued, n):
     """Retained messages at QoS 1: they go out as the window takes them, the queue never holds
-    more than one window, nothing is dropped, and everything arrives as the acks come in,
-    with the retain flag and distinct packet ids in flight."""
-    w = World(Config(sys_interval=0, max_inflight=8, max_queued=1000))
-    n = 500
+    more than one window (nor more than max_queued, even when that is below the window: a
+    valid config), nothing is dropped, and everything arrives as the acks come in, with the
+    retain flag and distinct packet ids in flight."""
+    w = World(Config(sys_interval=0, max_inflight=max_inflight, max_queued=max_queued))
     store_retained(w, n, size=20, qos=1)
     s = w.connected("s")
     s.send(subscribe(1, ("r/#", 1)))
@@ -423,37 +426,18 @@ def test_retained_backlog_qos1_never_overflows_window_or_queue():
     got = []
     for _ in range(n):
         batch = received(s)
-        assert session.inflight <= 8 and session.queued <= 8
+        assert session.inflight <= max_inflight
+        assert session.queued <= min(max_inflight, max_queued)
         if not batch:
             break
         assert all(d.qos == 1 and d.retain for d in batch)
-        got += batch
-        s.send(*(puback(d.packet_id) for d in batch))
-    assert sorted(d.topic for d in got) == [f"r/{j:04d}" for j in range(n)]
-    assert session.dropped == 0 and session.retained_pending == 0
-    assert (session.inflight, session.queued) == (0, 0)
-
-
-def test_retained_backlog_qos1_with_a_queue_smaller_than_the_window_drops_nothing():
-    """Session.add_backlog promises retained messages are never dropped for lack of room. With
-    max_queued below the window (max_queued=10, max_inflight=32, a valid config) a QoS 1
-    subscriber to 100 retained messages must still get all 100 as it acknowledges, and its
-    session must count no drops."""
-    w = World(Config(sys_interval=0, max_inflight=32, max_queued=10))
-    n = 100
-    store_retained(w, n, size=20, qos=1)
-    s = w.connected("s")
-    s.send(subscribe(1, ("r/#", 1)))
-    session = w.registry.get("s")
-    got = []
-    for _ in range(n):
-        batch = received(s)
-        if not batch:
-            break
+        assert len({d.packet_id for d in batch}) == len(batch)
         got += batch
         s.send(*(puback(d.packet_id) for d in batch))
     assert session.dropped == 0, f"{session.dropped} retained messages dropped: {session.window}"
     assert sorted(d.topic for d in got) == [f"r/{j:04d}" for j in range(n)]
+    assert session.retained_pending == 0
+    assert (session.inflight, session.queued) == (0, 0)
 
 
 def test_retained_replaced_or_deleted_before_its_turn_is_not_sent_old():
