@@ -57,13 +57,13 @@ class Endpoint:
     __slots__ = ("name", "flusher", "connections", "read_buffer")
 
     def __init__(self, name: str, flusher: Flusher, connections: set[Connection],
-                 read_buffer: memoryview | None = None) -> None:
+                 read_buffer: memoryview) -> None:
         self.name = name
         self.flusher = flusher
         self.connections = connections       # every open connection of the listener set
-        # Where every connection of the loop reads into (consumed before the next read).
-        self.read_buffer = read_buffer if read_buffer is not None else \
-            memoryview(bytearray(READ_SIZE))
+        # Where every connection of the loop reads into (READ_SIZE bytes, shared; consumed
+        # before the next read).
+        self.read_buffer = read_buffer
 
 
 class Connection(asyncio.BufferedProtocol):

@@ -147,7 +147,8 @@ def handle_puback(proto: ClientProtocol, pkt) -> None:
 
 
 def handle_ack(proto: ClientProtocol, pkt) -> None:
-    """PUBACK, PUBREC and PUBCOMP for messages we sent; PUBREL for a QoS 2 message we got."""
+    """PUBREC and PUBCOMP for messages we sent (PUBACK: handle_puback); PUBREL for a QoS 2
+    message we got."""
     t = pkt.type
     session = proto.session
     now = proto.ctx.clock()
