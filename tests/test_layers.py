@@ -16,8 +16,8 @@ PKG = ROOT / "src" / "cymqtt"
 RANKS = [
     ("cymqtt._fast",),
     ("cymqtt._version", "cymqtt.consts", "cymqtt.config"),
-    ("cymqtt.message", "cymqtt.retain", "cymqtt.auth", "cymqtt.metrics", "cymqtt.timers",
-     "cymqtt.sys_topics"),
+    ("cymqtt.message", "cymqtt.retain", "cymqtt.auth", "cymqtt.access", "cymqtt.metrics",
+     "cymqtt.timers", "cymqtt.sys_topics"),
     ("cymqtt.session",),
     ("cymqtt.router",),
     ("cymqtt.registry",),
