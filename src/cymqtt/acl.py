@@ -226,17 +226,13 @@ class ClientAcl:
                 self._trie.subscribe(topic_filter, key, mask)
                 key += 1
 
-    def _mask(self, topic: str) -> int:
-        mask = 0
-        for bits in self._trie.match(topic):
-            mask |= bits
-        return mask
-
     def can_receive(self, topic: str) -> bool:
         """Read access to the topic name `topic` (checked per subscriber at delivery)."""
         if topic.startswith("$share"):
             return False
-        mask = self._mask(topic)
+        mask = 0
+        for bits in self._trie.match(topic):       # the rules matching `topic`, in C
+            mask |= bits
         if mask & USER_DENY:
             return False
         if mask & USER_READ:
@@ -250,7 +246,9 @@ class ClientAcl:
                 return False
             if topic.startswith("$SYS") and not _BRIDGE_STATE.match(topic):
                 return False
-        mask = self._mask(topic)
+        mask = 0
+        for bits in self._trie.match(topic):
+            mask |= bits
         if mask & USER_DENY:
             return False
         if mask & USER_WRITE:
