@@ -314,6 +314,43 @@ def test_client_acl_predicts_mosquitto(tmp_path, case):
     assert 0.15 < sum(answers) / len(answers) < 0.85
 
 
+def _utf8(s: str) -> bytes:
+    b = s.encode()
+    return len(b).to_bytes(2, "big") + b
+
+
+@pytest.mark.skipif(not os.path.exists(MOSQUITTO), reason="mosquitto 2.0 not installed")
+def test_will_is_checked_when_sent_not_at_connect(tmp_path):
+    """mosquitto 2.0 accepts a CONNECT whose will topic the client may not write (CONNACK 0)
+    and drops the will when it would be published: can_publish(will topic) decides."""
+    text = "topic read #\nuser w\ntopic write allowed/#\n" + ROOT_AND_SPY
+    acl_file = AclFile.parse(text)
+    proc, port = start_mosquitto(tmp_path, text)
+    spy = Probe(port, 0, "spy", "spy", 4)
+    try:
+        assert wait_for(spy.connected.is_set)
+        mid = spy.client.subscribe("#", 1)[1]
+        assert wait_for(lambda: mid in spy.subacks)
+        wills = [("w1", None, "will/denied"), ("w2", "w", "allowed/x"), ("w3", "w", "no/x")]
+        for cid, user, topic in wills:
+            flags = 0x06 | (0x80 if user else 0)             # clean session, will, user name
+            body = (_utf8("MQTT") + bytes([4, flags]) + b"\x00\x3c" + _utf8(cid) + _utf8(topic)
+                    + _utf8("bye") + (_utf8(user) if user else b""))
+            with socket.create_connection(("127.0.0.1", port), 5) as s:
+                s.sendall(bytes([0x10, len(body)]) + body)
+                assert s.recv(4) == b"\x20\x02\x00\x00"       # accepted
+            # closed without DISCONNECT: the will is due
+        want = {t for cid, user, t in wills if acl_file.for_client(cid, user).can_publish(t)}
+        assert want == {"allowed/x"}
+        assert wait_for(lambda: {t for t, _ in spy.received} & {w[2] for w in wills} == want)
+        time.sleep(0.3)
+        assert {t for t, _ in spy.received} & {w[2] for w in wills} == want
+    finally:
+        spy.stop()
+        proc.terminate()
+        proc.wait(5)
+
+
 # ---------------------------------------------------------------------------------------------
 # Without a broker: the parser and the compiled checks
 
