@@ -406,6 +406,8 @@ def test_without_patterns_the_compiled_rules_are_shared():
     f = AclFile.parse("topic read x\nuser a\ntopic read y\n")
     assert f.for_client("1", "a") is f.for_client("2", "a")
     assert f.for_client("1", None) is not f.for_client("1", "a")
+    assert f.for_client("1", "x") is f.for_client("1", "y")         # unknown names: no rules
+    assert not f.for_client("1", "x").can_receive("x") and f.for_client("1", None).can_receive("x")
 
 
 def test_dollar_rules():

@@ -283,15 +283,18 @@ class ClientAcl:
 # ---------------------------------------------------------------------------------------------
 # The file
 
+_NOBODY = object()      # the cache key of every user name the file does not mention
+
 class AclFile:
     """The rules of one acl_file, in file order (immutable once parsed)."""
 
-    __slots__ = ("source", "rules", "_by_user")
+    __slots__ = ("source", "rules", "_names", "_by_user")
 
     def __init__(self, rules: Sequence[AclRule], source: str = "<string>") -> None:
         self.source = source
         self.rules = tuple(rules)
-        self._by_user: dict[str | None, ClientAcl] = {}
+        self._names = frozenset(r.user for r in self.rules if r.user is not None)
+        self._by_user: dict[object, ClientAcl] = {}
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> AclFile:
@@ -336,9 +339,12 @@ class AclFile:
         Without patterns the result depends on the user name only and is shared.
         """
         if not self.has_patterns:
-            acl = self._by_user.get(username)
+            # Keyed by the names the file knows only: any other name shares the empty rules,
+            # so clients choosing user names cannot grow the cache.
+            key = username if username is None or username in self._names else _NOBODY
+            acl = self._by_user.get(key)
             if acl is None:
-                acl = self._by_user[username] = ClientAcl(self._user_rules(username), ())
+                acl = self._by_user[key] = ClientAcl(self._user_rules(username), ())
             return acl
         return ClientAcl(self._user_rules(username), self._pattern_rules(client_id, username))
 
