@@ -17,7 +17,7 @@ RANKS = [
     ("cymqtt._fast",),
     ("cymqtt._version", "cymqtt.consts", "cymqtt.config"),
     ("cymqtt.message", "cymqtt.retain", "cymqtt.auth", "cymqtt.access", "cymqtt.metrics",
-     "cymqtt.timers", "cymqtt.sys_topics"),
+     "cymqtt.timers", "cymqtt.sys_topics", "cymqtt.passwd", "cymqtt.acl"),
     ("cymqtt.session",),
     ("cymqtt.router",),
     ("cymqtt.registry",),
