@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from cymqtt._fast.codec import Connect, Publish, Subscribe
+from cymqtt._fast.codec import Connect, Publish
 from cymqtt.access import Authorizer
 from cymqtt.config import ListenerConfig
 from mqtt_bytes import (
-    CONNACK, DISCONNECT, PUBACK, PUBLISH, SUBACK, connect, publish, subscribe, sync,
+    CONNACK, DISCONNECT, PUBACK, PUBLISH, connect, publish, subscribe, sync,
 )
 
 VERSIONS = [pytest.param(4, id="v311"), pytest.param(5, id="v5")]

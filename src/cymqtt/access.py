@@ -87,6 +87,12 @@ class Access:
         self._publish: dict[str, bool] = {}
         self._receive: dict[str, bool] = {}
 
+    @property
+    def decides_dollar_topics(self) -> bool:
+        """Whether publishing to $-topics is the ACL file's decision (it knows mosquitto's
+        rules for them); without one, clients may not."""
+        return self._rules is not None
+
     def can_publish(self, topic: str) -> bool:
         ok = self._publish.get(topic)
         if ok is None:

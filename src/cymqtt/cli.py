@@ -21,7 +21,8 @@ log = logging.getLogger("cymqtt")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cymqtt", description="An MQTT 3.1 / 3.1.1 / 5.0 broker.",
-        epilog="Options given on the command line override the config file.")
+        epilog="Options given on the command line override the config file. "
+               "`cymqtt passwd ...` manages mosquitto password files (as mosquitto_passwd).")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, help="TCP port (default 1883; 0 picks a free one)")
     p.add_argument("-c", "--config", metavar="FILE", help="TOML config file")
@@ -70,6 +71,11 @@ async def _serve(config: Config, loop_name: str = "asyncio") -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["passwd"]:
+        # `cymqtt passwd [-c] [-b] [-D] [-U] FILE USER [PASSWORD]`, as mosquitto_passwd
+        from cymqtt.passwd import main as passwd_main
+        return passwd_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         config = make_config(args)

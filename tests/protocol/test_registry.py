@@ -189,7 +189,7 @@ def test_refused_connect_emits_nothing():
     w.registry.add_listener(r)
     c = w.client()
     c.send(connect("x", username="u", password=b"bad"))
-    assert c.take() == b"\x20\x02\x00\x04"
+    assert c.take() == b"\x20\x02\x00\x05"
     d = w.client()
     d.send(connect("", clean=False, username="u", password=b"p"))
     assert d.take() == b"\x20\x02\x00\x02"

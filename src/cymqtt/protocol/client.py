@@ -51,7 +51,9 @@ V3_CONNACK = {
     RC_CLIENT_IDENTIFIER_NOT_VALID: 0x02,
     RC_SERVER_UNAVAILABLE: 0x03,
     RC_SERVER_BUSY: 0x03,
-    RC_BAD_USER_NAME_OR_PASSWORD: 0x04,
+    # 0x05 (not authorized), not 0x04: what mosquitto answers, and what clients written
+    # against it check for a wrong password.
+    RC_BAD_USER_NAME_OR_PASSWORD: 0x05,
     RC_NOT_AUTHORIZED: 0x05,
     RC_BAD_AUTHENTICATION_METHOD: 0x05,
     RC_USE_ANOTHER_SERVER: 0x03,

@@ -7,6 +7,7 @@ client's input meanwhile); and the session, taken from the registry, with CONNAC
 """
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import TYPE_CHECKING, Callable
 
@@ -31,6 +32,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.protocol.client import ClientProtocol
 
 __all__ = ["EnhancedAuth", "handle_auth", "handle_before_connect", "handle_connect"]
+
+log = logging.getLogger("cymqtt.protocol")
 
 
 class EnhancedAuth:
@@ -185,11 +188,12 @@ def _complete_connect(proto: ClientProtocol, pkt, assigned: str | None,
         expiry = NEVER if d is None else d
 
     access = ctx.access.for_client(client_id, proto.username)
-    if access is not None and pkt.will_topic is not None and \
-            not access.can_publish(pkt.will_topic):
-        raise ProtocolViolation(RC_NOT_AUTHORIZED, f"the ACL does not let it publish its will "
-                                                   f"topic {pkt.will_topic!r}")
     will = _make_will(client_id, pkt) if pkt.will_topic is not None else None
+    if will is not None and access is not None and not access.can_publish(pkt.will_topic):
+        # As mosquitto: the CONNECT is accepted, the will it may not publish never is.
+        log.info("client %s: the ACL does not let it publish its will topic %r; the will is "
+                 "dropped", client_id, pkt.will_topic)
+        will = None
     session, session_present = ctx.registry.connect(
         proto, client_id, bool(pkt.clean_start), version, expiry,
         props.get(P_SESSION_EXPIRY, 0) if version == 5 else expiry, will, now)

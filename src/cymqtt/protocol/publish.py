@@ -114,8 +114,11 @@ def handle_publish(proto: ClientProtocol, pkt) -> None:
             proto.send(encode_ack(PUBACK if qos == 1 else PUBREC, pkt.packet_id,
                                   RC_PAYLOAD_FORMAT_INVALID, None, 5))
         return
-    if topic[0] == "$":
-        # Clients cannot publish to $-topics ($SYS belongs to the broker).
+    access = proto.session.access
+    if topic[0] == "$" and (access is None or not access.decides_dollar_topics):
+        # Clients cannot publish to $-topics ($SYS belongs to the broker), unless an ACL file
+        # says otherwise (as in mosquitto, it never lets them write $SYS but for bridges'
+        # connection state).
         log.debug("client %s: PUBLISH to %r refused ($-topic)", proto.client_id, topic)
         if qos:
             proto.send(encode_ack(PUBACK if qos == 1 else PUBREC, pkt.packet_id,
@@ -126,7 +129,6 @@ def handle_publish(proto: ClientProtocol, pkt) -> None:
         _refuse(proto, pkt, RC_TOPIC_NAME_INVALID, "its topic is longer or deeper than "
                                                    "max_topic_length/max_topic_levels allow")
         return
-    access = proto.session.access
     if access is not None and not access.can_publish(topic):
         _refuse(proto, pkt, RC_NOT_AUTHORIZED, "the ACL does not let it publish there")
         return
