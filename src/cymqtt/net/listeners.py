@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cymqtt.net.accept import AcceptServer, start_server
 from cymqtt.net.connection import READ_SIZE, Connection, Endpoint, Flusher
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +44,7 @@ class ListenerSet:
         self._ctx = ctx
         self.specs = specs
         self.connections: set[Connection] = set()
-        self._servers: list[tuple[ListenerSpec, asyncio.base_events.Server]] = []
+        self._servers: list[tuple[ListenerSpec, AcceptServer]] = []
         self.flusher: Flusher | None = None
         self._endpoints: dict[str, Endpoint] = {}
 
@@ -52,9 +53,11 @@ class ListenerSet:
         self.bind_loop(loop)
         try:
             for spec in self.specs:
-                server = await loop.create_server(
-                    lambda name=spec.name: self.make_connection(name),
-                    spec.host, spec.port, reuse_address=True, backlog=4096)
+                # Accepted by net/accept.py, not loop.create_server: the same behaviour at the
+                # open-file limit on asyncio and uvloop (refused, counted, logged).
+                server = await start_server(
+                    loop, lambda name=spec.name: self.make_connection(name),
+                    spec.host, spec.port, self._ctx.metrics, backlog=4096)
                 self._servers.append((spec, server))
                 log.debug("listening on %s:%d (%s)", spec.host, self._port_of(server),
                           spec.protocol)
@@ -76,7 +79,7 @@ class ListenerSet:
         return Connection(self._ctx, self._endpoints[listener])
 
     @staticmethod
-    def _port_of(server: asyncio.base_events.Server) -> int:
+    def _port_of(server: AcceptServer) -> int:
         return server.sockets[0].getsockname()[1] if server.sockets else 0
 
     @property
