@@ -102,7 +102,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._endpoint.connections.discard(self)
-        self.protocol.connection_lost()
+        self.protocol.connection_lost(exc)
 
     # -- ClientIO: what the protocol asks of the socket ----------------------------------------
 
