@@ -98,6 +98,7 @@ class AcceptServer:
         self._report: asyncio.TimerHandle | None = None
         self._paused: dict[int, asyncio.TimerHandle] = {}     # fd -> its resume timer
         self._closed = False
+        self._attaching: set[asyncio.Task] = set()
         for sock in sockets:
             loop.add_reader(sock.fileno(), self._on_readable, sock)
 
@@ -122,7 +123,9 @@ class AcceptServer:
             except OSError:     # the peer is gone already
                 conn.close()
                 continue
-            loop.create_task(self._attach(conn))
+            task = loop.create_task(self._attach(conn))
+            self._attaching.add(task)       # the loop keeps only a weak reference to it
+            task.add_done_callback(self._attaching.discard)
 
     async def _attach(self, conn: socket.socket) -> None:
         try:
