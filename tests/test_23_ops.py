@@ -301,3 +301,25 @@ def test_syslog_log_dest_uses_the_local_syslog_socket():
         assert h.socket.type in (socket.SOCK_DGRAM, socket.SOCK_STREAM)
     finally:
         h.close()
+
+
+def test_broker_reload_for_embedders(make_broker):
+    """Broker.reload(config) returns what it applied and what needs a restart; an applied key
+    takes effect (sys_interval 0 -> 1 starts $SYS), a restart key keeps its running value, and
+    reloading the same config changes nothing."""
+    bt = make_broker()
+    watcher = PahoClient(bt.port, "reload-watch", V5)
+    try:
+        watcher.subscribe("$SYS/broker/uptime", 0)
+        new = bt.broker.config.replace(max_inflight=4, sys_interval=1, port=1,
+                                       users={"u": "p"})
+        result = bt.call(lambda: bt.broker.reload(new))
+        assert result == {"changed": {"max_inflight": (32, 4), "sys_interval": (0, 1)},
+                          "restart": ["port", "users"]}
+        assert bt.broker.config.port == 0 and bt.broker.config.users == {}
+        assert bt.broker.config.max_inflight == 4
+        wait_until(lambda: watcher.messages, 5, what="$SYS after sys_interval was reloaded")
+        same = bt.broker.config
+        assert bt.call(lambda: bt.broker.reload(same)) == {"changed": {}, "restart": []}
+    finally:
+        watcher.close()
