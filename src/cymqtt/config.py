@@ -181,6 +181,17 @@ class Config:
     max_topic_length: int = 65535
     max_topic_levels: int = 128
     log_level: str = "info"
+    # -- operations (as mosquitto's keys of the same names) --
+    # Keep alive cap: a client asking for more, or for 0, is told this (MQTT 5 server keep
+    # alive); an MQTT 3.x client asking for more, or for 0, is refused (CONNACK 2), as
+    # mosquitto >= 2.0.12 does. 65535 (the default) or 0: no cap.
+    max_keepalive: int = 65535
+    # Log each client's connect ("New client connected from ...") and disconnect, with why.
+    connection_messages: bool = True
+    # Where logs go: "stderr", "stdout", "file:/path/to/file", "syslog" or "none".
+    log_dest: str = "stderr"
+    # Written with the broker's pid at start, removed at stop (the `cymqtt` command).
+    pid_file: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -220,6 +231,11 @@ class Config:
         need(1 <= self.max_topic_levels, "max_topic_levels", ">= 1")
         need(self.log_level.lower() in ("debug", "info", "warning", "error", "critical"),
              "log_level", "debug, info, warning, error or critical")
+        need(0 <= self.max_keepalive <= 65535, "max_keepalive", "0 .. 65535")
+        need(self.log_dest in ("stderr", "stdout", "syslog", "none") or (
+            self.log_dest.startswith("file:") and len(self.log_dest) > 5), "log_dest",
+            '"stderr", "stdout", "syslog", "none" or "file:/path"')
+        need(self.pid_file is None or self.pid_file != "", "pid_file", "a path")
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

@@ -23,8 +23,8 @@ class Metrics:
 
     __slots__ = ("bytes_received", "bytes_sent", "messages_received", "messages_sent",
                  "dropped_too_large", "dropped_ended_sessions", "dropped_ended_slow",
-                 "dropped_refused",
-                 "connections_total", "clients_total", "started")
+                 "dropped_refused", "connections_total", "clients_total",
+                 "connections_refused_fd_limit", "started")
 
     def __init__(self, started: float = 0.0) -> None:
         self.bytes_received = 0
@@ -41,6 +41,9 @@ class Metrics:
         self.dropped_refused = 0
         self.connections_total = 0         # sockets accepted
         self.clients_total = 0             # CONNACKs with success sent
+        # Accepted and closed at once (or left in the backlog): no file descriptor to spare
+        # (EMFILE/ENFILE; also ENOBUFS/ENOMEM); net/accept.py.
+        self.connections_refused_fd_limit = 0
         self.started = started
 
 
@@ -83,4 +86,5 @@ def collect(metrics: Metrics, registry: Registry, router: Router, connections: i
         "bytes_sent": metrics.bytes_sent,
         "connections_total": metrics.connections_total,
         "clients_total": metrics.clients_total,
+        "connections_refused_fd_limit": metrics.connections_refused_fd_limit,
     }

@@ -122,7 +122,7 @@ class Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._endpoint.connections.discard(self)
         self._release()
-        self.protocol.connection_lost()
+        self.protocol.connection_lost(exc)
 
     def _release(self) -> None:
         # Give back the client slot admit() took.

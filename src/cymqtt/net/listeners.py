@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cymqtt.config import ConfigError, ListenerConfig
+from cymqtt.net.accept import AcceptServer, start_server
 from cymqtt.net.connection import READ_SIZE, Admission, Connection, Endpoint, Flusher
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -23,9 +24,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["ListenerSet", "ListenerSpec", "specs_from_config", "tls_context"]
 
 log = logging.getLogger("cymqtt.net")
-
-# Seconds a TLS client may take over its handshake before the socket is closed.
-TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -107,7 +105,7 @@ class ListenerSet:
         self._ctx = ctx
         self.specs = specs
         self.connections: set[Connection] = set()
-        self._servers: list[tuple[ListenerSpec, asyncio.base_events.Server]] = []
+        self._servers: list[tuple[ListenerSpec, AcceptServer]] = []
         self.flusher: Flusher | None = None
         self._endpoints: dict[str, Endpoint] = {}
         self.admission = Admission(ctx.config.max_connections)
@@ -117,11 +115,11 @@ class ListenerSet:
         self.bind_loop(loop)
         try:
             for spec in self.specs:
-                tls = {} if spec.ssl is None else {
-                    "ssl": spec.ssl, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT}
-                server = await loop.create_server(
-                    lambda name=spec.name: self.make_connection(name),
-                    spec.host, spec.port, reuse_address=True, backlog=4096, **tls)
+                # Accepted by net/accept.py, not loop.create_server: the same behaviour at the
+                # open-file limit on asyncio and uvloop (refused, counted, logged).
+                server = await start_server(
+                    loop, lambda name=spec.name: self.make_connection(name),
+                    spec.host, spec.port, self._ctx.metrics, backlog=4096, ssl=spec.ssl)
                 self._servers.append((spec, server))
         except BaseException:
             self.close()
@@ -142,7 +140,7 @@ class ListenerSet:
         return Connection(self._ctx, self._endpoints[listener or self.specs[0].name])
 
     @staticmethod
-    def _port_of(server: asyncio.base_events.Server) -> int:
+    def _port_of(server: AcceptServer) -> int:
         return server.sockets[0].getsockname()[1] if server.sockets else 0
 
     @property

@@ -34,7 +34,8 @@ from cymqtt.consts import (
     RC_USE_ANOTHER_SERVER, SUBSCRIBE, UNSUBSCRIBE,
 )
 from cymqtt.protocol import connect, control, publish, subscribe
-from cymqtt.protocol.errors import ProtocolViolation
+from cymqtt.protocol.connect import CONN_LOG
+from cymqtt.protocol.errors import ProtocolViolation, reason_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.context import Context
@@ -140,6 +141,7 @@ class ClientProtocol:
         "max_packet_out", "aliases_in", "aliases_out", "alias_out_max", "problem_info",
         "receive_maximum", "username", "auth",
         "throttled", "throttles", "waiting", "pending", "received", "sent", "rate",
+        "logged", "close_reason",
     )
 
     def __init__(self, ctx: Context, io: ClientIO) -> None:
@@ -172,6 +174,10 @@ class ClientProtocol:
         self.received = 0                     # PUBLISH packets from this client
         self.sent = 0                         # PUBLISH packets to this client
         self.rate = None                      # publish.TokenBucket under max_publish_rate
+        # Connection messages: "New client connected" was logged (so its end is logged too),
+        # and why the connection ends ("disconnected: keep alive timeout"), once known.
+        self.logged = False
+        self.close_reason: str | None = None
 
     @property
     def peer(self) -> str:
@@ -310,10 +316,18 @@ class ClientProtocol:
             # (A closing connection sends nothing: what waits stays with the session.)
             self.session.release(self.ctx.clock())
 
-    def connection_lost(self) -> None:
-        """The socket is closed (by either side): the session is detached, its will handled."""
+    def connection_lost(self, exc: BaseException | None = None) -> None:
+        """The socket is closed (by either side; `exc` the socket error, if any): the session
+        is detached, its will handled."""
         self.state = CONN_CLOSING
         self.outbox = None
+        if self.logged:
+            self.logged = False
+            why = self.close_reason
+            if why is None:
+                why = "closed its connection" if exc is None else \
+                    f"disconnected: socket error: {exc}"
+            CONN_LOG.info("Client %s %s", self.client_id, why)
         self._detach()
 
     def _detach(self) -> None:
@@ -413,8 +427,11 @@ class ClientProtocol:
         extra MQTT 5 properties for that packet (a server reference, say)."""
         if self.state == CONN_CLOSING:
             return
-        log.info("client %s (%s): %s (reason 0x%02X); closing", self.client_id or "<new>",
-                 self.peer, text, reason_code)
+        if self.logged and self.close_reason is None:     # said once, when it is gone
+            self.close_reason = f"disconnected: {text} ({reason_name(reason_code)})"
+        else:
+            log.info("client %s (%s): %s (reason 0x%02X); closing", self.client_id or "<new>",
+                     self.peer, text, reason_code)
         version = self.parser.version or self.version
         if version == 5:
             props = self._with_reason(props, text)
@@ -431,26 +448,30 @@ class ClientProtocol:
         self.close()
 
     def disconnect(self, reason_code: int, text: str | None = None,
-                   props: dict | None = None) -> None:
+                   props: dict | None = None, why: str | None = None) -> None:
         """Close on the broker's initiative (keep alive, shutdown); MQTT 5 clients get a
-        DISCONNECT with `reason_code` first. The will is published, as for a lost connection."""
+        DISCONNECT with `reason_code` first. The will is published, as for a lost connection.
+        `why` is for the log ("disconnected: why"; default `text`)."""
         if self.state == CONN_CLOSING:
             return
+        if self.close_reason is None:
+            self.close_reason = f"disconnected: {why or text or reason_name(reason_code)}"
         if self.version == 5 and self.state == CONN_ACTIVE:
             self.send(encode(Disconnect(reason_code, self._with_reason(props, text)), 5))
         self.close()
 
-    def shutdown(self, reason_code: int, text: str, props: dict | None = None) -> None:
+    def shutdown(self, reason_code: int, text: str, props: dict | None = None,
+                 why: str | None = None) -> None:
         """The broker stops: disconnect without publishing the will."""
         if self.session is not None and self.session.client is self:
             self.ctx.registry.discard_will(self.session)
-        self.disconnect(reason_code, text, props)
+        self.disconnect(reason_code, text, props, why)
 
     def kick(self, reason_code: int, text: str) -> None:
         """The registry gave this connection's session to a newer one (takeover): close it,
         leaving the session alone."""
         self.session = None
-        self.disconnect(reason_code, text)
+        self.disconnect(reason_code, text, why="session taken over by a newer connection")
 
     def _with_reason(self, props: dict | None, text: str | None) -> dict | None:
         # MQTT 5: a reason string goes with the reason code unless the client asked for no
@@ -471,7 +492,10 @@ class ClientProtocol:
         # let the peer read what was written last: net.Connection.close).
         self._detach()
 
-    def abort(self) -> None:
+    def abort(self, why: str | None = None) -> None:
+        """Close now, dropping what is queued; `why` is for the log."""
+        if why is not None and self.close_reason is None:
+            self.close_reason = f"disconnected: {why}"
         self.state = CONN_CLOSING
         self.outbox = None
         self.io.abort()

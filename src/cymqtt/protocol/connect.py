@@ -31,7 +31,12 @@ from cymqtt.session import Will
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.protocol.client import ClientProtocol
 
-__all__ = ["EnhancedAuth", "handle_auth", "handle_before_connect", "handle_connect"]
+__all__ = ["CONN_LOG", "EnhancedAuth", "handle_auth", "handle_before_connect", "handle_connect",
+           "keepalive_for"]
+
+# Connection messages (config `connection_messages`): one line per connect and disconnect.
+CONN_LOG = logging.getLogger("cymqtt.connections")
+_MOSQ_PROTOCOL = {3: 1, 4: 2, 5: 5}     # protocol level -> mosquitto's "p" number
 
 log = logging.getLogger("cymqtt.protocol")
 
@@ -187,6 +192,7 @@ def _complete_connect(proto: ClientProtocol, pkt, assigned: str | None,
         d = config.session_expiry_default
         expiry = NEVER if d is None else d
 
+    keepalive = keepalive_for(pkt.keepalive, version, config)   # may refuse: before the session
     access = ctx.access.for_client(client_id, proto.username)
     will = _make_will(client_id, pkt) if pkt.will_topic is not None else None
     if will is not None and access is not None and not access.can_publish(pkt.will_topic):
@@ -202,9 +208,6 @@ def _complete_connect(proto: ClientProtocol, pkt, assigned: str | None,
     if config.max_publish_rate:
         proto.rate = TokenBucket(config.max_publish_rate, now)
 
-    keepalive = pkt.keepalive
-    if config.server_keep_alive is not None:
-        keepalive = config.server_keep_alive
     proto.keepalive = keepalive
 
     ack_props = None
@@ -226,8 +229,8 @@ def _complete_connect(proto: ClientProtocol, pkt, assigned: str | None,
             ack_props[P_SHARED_AVAILABLE] = 0
         if assigned:
             ack_props[P_ASSIGNED_CLIENT_ID] = assigned
-        if config.server_keep_alive is not None:
-            ack_props[P_SERVER_KEEP_ALIVE] = config.server_keep_alive
+        if keepalive != pkt.keepalive or config.server_keep_alive is not None:
+            ack_props[P_SERVER_KEEP_ALIVE] = keepalive
         if expiry != props.get(P_SESSION_EXPIRY, 0):
             ack_props[P_SESSION_EXPIRY] = expiry
         if props.get(P_REQUEST_RESPONSE_INFO) and config.response_information is not None:
@@ -238,8 +241,35 @@ def _complete_connect(proto: ClientProtocol, pkt, assigned: str | None,
     proto.send(encode(ConnAck(session_present, RC_SUCCESS, ack_props), version))
     proto.state = CONN_ACTIVE
     ctx.metrics.clients_total += 1
+    if config.connection_messages and CONN_LOG.isEnabledFor(logging.INFO):
+        proto.logged = True
+        # mosquitto's line: p2 = MQTT 3.1.1 (p1 3.1, p5 5.0), c = clean start, k = keep
+        # alive; e = session expiry when there is one, u = the user name.
+        CONN_LOG.info("New client connected from %s as %s (p%d, c%d%s, k%d%s)",
+                      proto.peer, client_id, _MOSQ_PROTOCOL.get(version, 5),
+                      1 if pkt.clean_start else 0,
+                      "" if not expiry else ", e" + ("never" if expiry >= NEVER else
+                                                     str(expiry)),
+                      keepalive, "" if proto.username is None else f", u'{proto.username}'")
     if session_present:
         session.resume(now)
+
+
+def keepalive_for(asked: int, version: int, config) -> int:
+    """The keep alive a client gets: `server_keep_alive` when set; else the client's, capped
+    at `max_keepalive` (0, "none", counts as above it), as mosquitto does. MQTT 3.x has no way
+    to tell the client, so one asking for more than the cap is refused [CVE-2020-13849]."""
+    if config.server_keep_alive is not None:
+        return config.server_keep_alive
+    cap = config.max_keepalive
+    if cap and cap < 65535 and (asked > cap or asked == 0):
+        if version < 5:
+            raise ProtocolViolation(
+                RC_CLIENT_IDENTIFIER_NOT_VALID,
+                f"keep alive {asked} s is {'none' if asked == 0 else 'above'} the broker's "
+                f"max_keepalive {cap} s (MQTT 3.x clients must ask for 1 .. {cap})")
+        return cap
+    return asked
 
 
 def _make_will(client_id: str, pkt) -> Will:
