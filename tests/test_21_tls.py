@@ -248,7 +248,7 @@ def test_bad_certificate_or_key_is_one_line_at_startup_and_exit_2(certs, tmp_pat
     r = subprocess.run([sys.executable, "-m", "cymqtt", "-c", str(conf)], capture_output=True,
                        text=True, timeout=20)
     assert r.returncode == 2, r
-    lines = r.stderr.strip().splitlines()
+    lines = [line for line in r.stderr.splitlines() if line.startswith("cymqtt:")]
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert "listener mqtts:0" in lines[0]
     assert {"missing-cert": "nope.pem", "key-mismatch": "wrong.key", "not-pem": "junk.pem",

@@ -8,79 +8,17 @@ CYMQTT_LOOP), with its open-file limit set by `preexec_fn`; signals are real sig
 from __future__ import annotations
 
 import os
-import queue
-import re
-import resource
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
-from _testbase import RawClient
+from _testbase import LISTENING, Cli, RawClient
 from cymqtt._fast.codec import Connect
 from helpers_paho import V5, PahoClient, wait_until
-
-LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
-
-
-class Cli:
-    """`python -m cymqtt ARGS` with its stderr lines collected by a thread."""
-
-    def __init__(self, loop: str, *args: str, nofile: tuple[int, int] | None = None,
-                 logs_to_stderr: bool = True) -> None:
-        def limit() -> None:
-            if nofile is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
-
-        env = dict(os.environ, CYMQTT_LOOP=loop)
-        self.proc = subprocess.Popen([sys.executable, "-m", "cymqtt", *args], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True, preexec_fn=limit)
-        self.lines: list[str] = []
-        self._new: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        self.port = 0
-        if logs_to_stderr:
-            self.port = int(self.wait_for(LISTENING).group(2))
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for(self, pattern: str | re.Pattern, timeout: float = 10.0,
-                 start: int = 0) -> re.Match:
-        """The first line from index `start` on that matches."""
-        rx = re.compile(pattern) if isinstance(pattern, str) else pattern
-        deadline = time.monotonic() + timeout
-        while True:
-            for line in self.lines[start:]:
-                m = rx.search(line)
-                if m:
-                    return m
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no line matching {rx.pattern!r}; last lines: "
-                                     f"{self.lines[-20:]}")
-            time.sleep(0.02)
-
-    def signal(self, sig: int) -> int:
-        """Send `sig`; returns the line count before it (for wait_for(start=...))."""
-        n = len(self.lines)
-        self.proc.send_signal(sig)
-        return n
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(10)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
 
 
 @pytest.fixture

@@ -21,12 +21,12 @@ from cymqtt._fast.codec import encode_publish, validate_topic_name
 from cymqtt._version import __version__
 from cymqtt.access import Authorizer
 from cymqtt.auth import Authenticator
-from cymqtt.config import Config
+from cymqtt.config import Config, ConfigError
 from cymqtt.consts import (
     P_SERVER_REFERENCE, RC_KEEP_ALIVE_TIMEOUT, RC_SERVER_MOVED, RC_SERVER_SHUTTING_DOWN,
     RC_USE_ANOTHER_SERVER,
 )
-from cymqtt.context import Context
+from cymqtt.context import Context, load_acl_file, load_password_file
 from cymqtt.message import Message
 from cymqtt.metrics import collect
 from cymqtt.net.connection import Connection
@@ -66,6 +66,13 @@ RELOADABLE: dict[str, str] = {
     "max_queued": "new sessions",
     "queue_qos0": "new sessions",
     "stall_timeout": "new sessions",
+    "password_file": "new connections",
+    "acl_file": "now",
+    "max_connections": "now",
+    "max_publish_rate": "new connections",
+    "max_subscriptions_per_client": "now",
+    "max_topic_length": "now",
+    "max_topic_levels": "now",
 }
 
 
@@ -304,6 +311,7 @@ class Broker:
         :return: ``{"changed": {key: (old, new)}, "restart": [key, ...]}``
         """
         old = self.config
+        config = self._reload_files(config)
         diff = [f.name for f in dataclasses.fields(Config)
                 if f.compare and getattr(old, f.name) != getattr(config, f.name)]
         apply = [k for k in diff if k in RELOADABLE]
@@ -322,8 +330,41 @@ class Broker:
         return {"changed": {k: (getattr(old, k), getattr(new, k)) for k in apply},
                 "restart": restart}
 
+    def _reload_files(self, config: Config) -> Config:
+        # The password and ACL files are read again on every reload (their content may have
+        # changed when their names did not). One that does not load leaves the current one in
+        # place (one line); `config` then keeps the current name.
+        ctx = self._ctx
+        try:
+            passwords = load_password_file(config.password_file)
+        except ConfigError as exc:
+            log.warning("reload failed, keeping the current password file: %s", exc)
+            config = config.replace(password_file=self.config.password_file)
+        else:
+            ctx.auth.passwords = passwords
+            if passwords is not None:
+                log.info("reload: password_file %s read: %d users", config.password_file,
+                         len(passwords))
+        try:
+            acl = load_acl_file(config.acl_file)
+        except ConfigError as exc:
+            log.warning("reload failed, keeping the current ACL file: %s", exc)
+            return config.replace(acl_file=self.config.acl_file)
+        ctx.access.acl = acl
+        if acl is not None:
+            log.info("reload: acl_file %s read: %d rules", config.acl_file, len(acl.rules))
+        # Every session sees the new rules from now on, connected or not (an offline one
+        # keeps the user name it last connected with).
+        for session in self._registry.sessions.values():
+            client = session.client
+            username = client.username if client is not None else \
+                session.access.username if session.access is not None else None
+            session.access = ctx.access.for_client(session.client_id, username)
+        return config
+
     def _apply(self, old: Config, new: Config, keys: list[str]) -> None:
         # What reading ctx.config afresh does not cover.
+        self._listeners.admission.limit = new.max_connections
         if "log_level" in keys:
             logs.set_level(new.log_level)
         self._limits = timers.Limits(new.connect_timeout, new.write_timeout,
