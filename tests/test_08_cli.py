@@ -189,9 +189,36 @@ def test_invalid_toml(config_file):
 
 
 def test_unknown_config_key(config_file):
-    """An unknown key is an error naming the key (a typo must not be silently ignored)."""
+    """An unknown key is an error naming the key (a typo must not be silently ignored) and the
+    key it resembles, without listing every key."""
     r = run_cli("-c", config_file('prot = 1883\n'))
-    assert_one_line_error(r, "'prot'", "unknown config key")
+    line = assert_one_line_error(r, "'prot'", "unknown config key", "did you mean 'port'?")
+    assert "max_queued" not in line
+
+
+def test_every_config_error_at_once(config_file):
+    """Every error of a file is reported in one go, one line each: unknown keys (with their
+    near miss), wrong types and values out of range."""
+    r = run_cli("-c", config_file('prot = 1883\nmax_queud = 5\nqueue_qos0 = 1\n'
+                                  'max_inflight = 0\nport = 70000\nzzz = 1\n'))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = error_lines(r.stderr)
+    assert len(lines) == 6, lines
+    assert all(ln.startswith("cymqtt: ") for ln in lines), lines
+    text = "\n".join(lines)
+    assert "'prot'; did you mean 'port'?" in text
+    assert "'max_queud'; did you mean 'max_queued'?" in text
+    assert "'queue_qos0' must be bool" in text
+    assert "'max_inflight' must be 1 .. 65535" in text
+    assert "'port' must be a port number 0..65535" in text
+    assert "unknown config key 'zzz' (README.md lists the keys)" in text
+
+
+def test_command_line_takes_what_the_file_takes(busy_port):
+    """`--log-level critical` (any case) is accepted, as `log_level = "critical"` is in the
+    file: the run gets as far as binding its port."""
+    r = run_cli("--log-level", "CRITICAL", "--port", str(busy_port))
+    assert_one_line_error(r, str(busy_port), "already in use")
 
 
 @pytest.mark.parametrize("text,key", [

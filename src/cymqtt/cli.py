@@ -13,7 +13,7 @@ import signal
 import sys
 
 from cymqtt._version import __version__
-from cymqtt.config import Config, ConfigError, config_from_dict, load_config
+from cymqtt.config import LOG_LEVELS, Config, ConfigError, config_from_dict, load_config
 
 log = logging.getLogger("cymqtt")
 
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, help="TCP port (default 1883; 0 picks a free one)")
     p.add_argument("-c", "--config", metavar="FILE", help="TOML config file")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+    p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS,
                    help="logging level (default info)")
     p.add_argument("--version", action="version", version=f"cymqtt {__version__}")
     return p
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = make_config(args)
     except ConfigError as exc:
-        print(f"cymqtt: {exc}", file=sys.stderr)
+        for line in exc.errors:
+            print(f"cymqtt: {line}", file=sys.stderr)
         return 2
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -6,6 +6,7 @@ unknown keys and wrong types are errors that name the key and what it takes.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -13,10 +14,16 @@ from typing import Any
 __all__ = ["Config", "ConfigError", "config_from_dict", "load_config"]
 
 SHARED_STRATEGIES = ("round_robin", "random", "hash_clientid", "hash_topic", "sticky")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class ConfigError(ValueError):
-    """A configuration a user wrote that cannot be used; the message says which key and why."""
+    """A configuration a user wrote that cannot be used; the message says which key and why,
+    one line per error (`errors`: the lines), every error found at once."""
+
+    @property
+    def errors(self) -> list[str]:
+        return str(self).splitlines()
 
 
 @dataclass(frozen=True)
@@ -86,9 +93,11 @@ class Config:
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        errors: list[str] = []
+
         def need(cond: bool, key: str, what: str) -> None:
             if not cond:
-                raise ConfigError(f"config key '{key}' must be {what}, not {getattr(self, key)!r}")
+                errors.append(f"config key '{key}' must be {what}, not {getattr(self, key)!r}")
 
         need(0 <= self.port <= 65535, "port", "a port number 0..65535")
         need(2 <= self.max_packet_size <= 268435460, "max_packet_size", "2 .. 268435460")
@@ -112,8 +121,10 @@ class Config:
         need(0 <= self.topic_alias_maximum <= 65535, "topic_alias_maximum", "0 .. 65535")
         need(all(isinstance(k, str) and isinstance(v, str) for k, v in self.users.items()),
              "users", "a table of user name = \"password\" strings")
-        need(self.log_level.lower() in ("debug", "info", "warning", "error", "critical"),
-             "log_level", "debug, info, warning, error or critical")
+        need(self.log_level.lower() in LOG_LEVELS, "log_level",
+             "debug, info, warning, error or critical")
+        if errors:
+            raise ConfigError("\n".join(errors))
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -137,18 +148,29 @@ for _f in fields(Config):
 
 
 def config_from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
-    """A Config from parsed TOML (or any mapping); every key is checked."""
+    """A Config from parsed TOML (or any mapping); every key is checked, and the ConfigError
+    names every bad key and value at once, one line each."""
     values: dict[str, Any] = {}
+    errors: list[str] = []
     for key, value in data.items():
         if key not in _TYPES:
-            known = ", ".join(sorted(_TYPES))
-            raise ConfigError(f"unknown config key '{key}' (known keys: {known})")
+            close = difflib.get_close_matches(key, _TYPES, n=1)
+            errors.append(f"unknown config key '{key}'" + (
+                f"; did you mean '{close[0]}'?" if close else " (README.md lists the keys)"))
+            continue
         types = _TYPES[key]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise ConfigError(f"config key '{key}' must be {types[-1].__name__}, "
-                              f"not {type(value).__name__} {value!r}")
+            errors.append(f"config key '{key}' must be {types[-1].__name__}, "
+                          f"not {type(value).__name__} {value!r}")
+            continue
         values[key] = value
-    return dataclasses.replace(base or Config(), **values)
+    try:
+        config = dataclasses.replace(base or Config(), **values)
+    except ConfigError as exc:
+        errors.extend(exc.errors)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return config
 
 
 def load_config(path: str) -> Config:
@@ -163,4 +185,4 @@ def load_config(path: str) -> Config:
     try:
         return config_from_dict(data)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError("\n".join(f"{path}: {line}" for line in exc.errors)) from None
