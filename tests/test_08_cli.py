@@ -217,8 +217,14 @@ def test_every_config_error_at_once(config_file):
 def test_command_line_takes_what_the_file_takes(busy_port):
     """`--log-level critical` (any case) is accepted, as `log_level = "critical"` is in the
     file: the run gets as far as binding its port."""
-    r = run_cli("--log-level", "CRITICAL", "--port", str(busy_port))
+    r = run_cli("--log-level", "CRITICAL", "-p", str(busy_port))
     assert_one_line_error(r, str(busy_port), "already in use")
+
+
+def test_daemon_is_refused_with_the_alternative():
+    """mosquitto's -d (run in the background) is refused: one line saying to use systemd."""
+    r = run_cli("-d", "-p", "0")
+    assert_one_line_error(r, "-d", "not supported", "systemd")
 
 
 @pytest.mark.parametrize("text,key", [
@@ -277,6 +283,16 @@ def test_command_line_overrides_config_file(cli_broker, config_file):
     b = cli_broker("-c", path, "--port", "0")
     assert b.port not in (0, 1)
     assert b.stop() == 0
+
+
+def test_mosquitto_short_options(cli_broker):
+    """-p PORT and -v (verbose: log level debug) as mosquitto spells them."""
+    b = cli_broker("-p", "0", "-v")
+    assert b.port > 0
+    c = PahoClient(b.port, "verbose-client", V311)
+    c.close()
+    assert b.stop() == 0
+    assert any(" DEBUG " in ln for ln in b.seen), b.seen
 
 
 def test_sigint_stops_cleanly(cli_broker):

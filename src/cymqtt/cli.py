@@ -23,18 +23,24 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cymqtt", description="An MQTT 3.1 / 3.1.1 / 5.0 broker.",
         epilog="Options given on the command line override the config file.")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
-    p.add_argument("--port", type=int, help="TCP port (default 1883; 0 picks a free one)")
+    p.add_argument("-p", "--port", type=int, help="TCP port (default 1883; 0 picks a free one)")
     p.add_argument("-c", "--config", metavar="FILE", help="TOML config file")
     p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS,
                    help="logging level (default info)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log everything: log level debug (as mosquitto -v)")
+    p.add_argument("-d", "--daemon", action="store_true",
+                   help="refused: cymqtt runs in the foreground; use systemd to run it in "
+                        "the background")
     p.add_argument("--version", action="version", version=f"cymqtt {__version__}")
     return p
 
 
 def make_config(args: argparse.Namespace) -> Config:
     config = load_config(args.config) if args.config else Config()
+    log_level = args.log_level or ("debug" if args.verbose else None)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
-                                   ("log_level", args.log_level)) if v is not None}
+                                   ("log_level", log_level)) if v is not None}
     return config_from_dict(overrides, config) if overrides else config
 
 
@@ -71,6 +77,11 @@ async def _serve(config: Config, loop_name: str = "asyncio") -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.daemon:
+        # Detached, a port in use or a bad file could not be reported on this terminal.
+        print("cymqtt: -d (run in the background) is not supported: run cymqtt in the "
+              "foreground under systemd (Type=simple) or another supervisor", file=sys.stderr)
+        return 2
     try:
         config = make_config(args)
     except ConfigError as exc:
