@@ -15,7 +15,7 @@ PKG = ROOT / "src" / "cymqtt"
 # Lowest first. A module may import modules of its own rank or below, never above.
 RANKS = [
     ("cymqtt._fast",),
-    ("cymqtt._version", "cymqtt.consts", "cymqtt.config"),
+    ("cymqtt._version", "cymqtt.consts", "cymqtt.config", "cymqtt.mosquitto_conf"),
     ("cymqtt.message", "cymqtt.retain", "cymqtt.auth", "cymqtt.metrics", "cymqtt.timers",
      "cymqtt.sys_topics"),
     ("cymqtt.session",),

@@ -13,7 +13,8 @@ import signal
 import sys
 
 from cymqtt._version import __version__
-from cymqtt.config import LOG_LEVELS, Config, ConfigError, config_from_dict, load_config
+from cymqtt.config import LOG_LEVELS, Config, ConfigError, config_from_dict
+from cymqtt.mosquitto_conf import load as load_config_file
 
 log = logging.getLogger("cymqtt")
 
@@ -24,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Options given on the command line override the config file.")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("-p", "--port", type=int, help="TCP port (default 1883; 0 picks a free one)")
-    p.add_argument("-c", "--config", metavar="FILE", help="TOML config file")
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help="config file: TOML, or a mosquitto.conf (read as such when its name "
+                        "ends in .conf or it is not TOML)")
     p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS,
                    help="logging level (default info)")
     p.add_argument("-v", "--verbose", action="store_true",
@@ -36,12 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_config(args: argparse.Namespace) -> Config:
-    config = load_config(args.config) if args.config else Config()
+def make_config(args: argparse.Namespace) -> tuple[Config, list[str]]:
+    """The Config from the file and the options, and the file's warnings (mosquitto.conf keys
+    that were ignored)."""
+    config, warnings = load_config_file(args.config) if args.config else (Config(), [])
     log_level = args.log_level or ("debug" if args.verbose else None)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
                                    ("log_level", log_level)) if v is not None}
-    return config_from_dict(overrides, config) if overrides else config
+    return (config_from_dict(overrides, config) if overrides else config), warnings
 
 
 def _install_loop() -> str:
@@ -83,11 +88,13 @@ def main(argv: list[str] | None = None) -> int:
               "foreground under systemd (Type=simple) or another supervisor", file=sys.stderr)
         return 2
     try:
-        config = make_config(args)
+        config, warnings = make_config(args)
     except ConfigError as exc:
         for line in exc.errors:
             print(f"cymqtt: {line}", file=sys.stderr)
         return 2
+    for line in warnings:           # on the terminal, wherever log_dest sends the log
+        print(f"cymqtt: warning: {line}", file=sys.stderr)
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     loop_name = _install_loop()

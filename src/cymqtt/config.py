@@ -181,7 +181,8 @@ def load_config(path: str) -> Config:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid TOML: {exc} (a mosquitto.conf is "
+                          f"read as one when its name ends in .conf)") from None
     try:
         return config_from_dict(data)
     except ConfigError as exc:
