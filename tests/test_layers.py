@@ -20,7 +20,7 @@ RANKS = [
      "cymqtt.sys_topics"),
     ("cymqtt.session",),
     ("cymqtt.router",),
-    ("cymqtt.registry",),
+    ("cymqtt.registry", "cymqtt.stream"),
     ("cymqtt.context",),
     ("cymqtt.protocol",),
     ("cymqtt.net", "cymqtt.http", "cymqtt.cluster", "cymqtt.store"),
