@@ -1,15 +1,137 @@
-"""For Python users (GitHub issue 15, item 5): the in-process subscriber
-`Broker.subscribe(filter)`, and `Broker.publish` from another thread.
+"""For Python users (GitHub issue 15, item 5): the pytest plugin `cymqtt.testing` (entry point
+pytest11) with its `mqtt_broker` fixtures, used by a test module the way a user's would be (a
+pytest subprocess, paho as the client); `BrokerThread` for synchronous code; the in-process
+subscriber `Broker.subscribe(filter)`; and `Broker.publish` from another thread.
 """
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 
 import pytest
 
 from cymqtt import Broker
+from cymqtt.testing import BrokerThread
 from helpers_paho import V5, V311, PahoClient, wait_until
+
+pytest_plugins = ["pytester"]
+
+USER_TESTS = '''
+import threading
+import pytest
+import paho.mqtt.client as mqtt
+
+PORTS = []
+
+
+def roundtrip(broker, topic, payload):
+    got = threading.Event()
+    received = []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    c.on_message = lambda cl, ud, msg: (received.append(msg), got.set())
+    subscribed = threading.Event()
+    c.on_subscribe = lambda *a: subscribed.set()
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    try:
+        c.subscribe(topic, 1)
+        assert subscribed.wait(5)
+        assert broker.publish(topic, payload, qos=1) == 1
+        assert got.wait(5)
+        return received
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+def test_one(mqtt_broker):
+    PORTS.append(mqtt_broker.port)
+    assert mqtt_broker.host == "127.0.0.1" and mqtt_broker.port > 0
+    (msg,) = roundtrip(mqtt_broker, "user/t", b"hello")
+    assert msg.payload == b"hello"
+    mqtt_broker.publish("kept", b"retained", retain=True)
+
+
+def test_two_starts_clean(mqtt_broker):
+    PORTS.append(mqtt_broker.port)
+    assert mqtt_broker.call(lambda: mqtt_broker.broker.retained_count) == 0
+
+
+@pytest.mark.mqtt_broker_config(max_queued=7)
+def test_marker(mqtt_broker):
+    assert mqtt_broker.broker.config.max_queued == 7
+
+
+def test_session_a(mqtt_broker_session):
+    PORTS.append(("session", mqtt_broker_session.port))
+    mqtt_broker_session.publish("shared/kept", b"x", retain=True)
+
+
+def test_session_b(mqtt_broker_session):
+    PORTS.append(("session", mqtt_broker_session.port))
+    assert mqtt_broker_session.call(lambda: mqtt_broker_session.broker.retained_count) == 1
+    sessions = [p for p in PORTS if isinstance(p, tuple)]
+    assert len(set(sessions)) == 1
+
+
+def test_factory(mqtt_broker_factory):
+    a = mqtt_broker_factory(max_inflight=3)
+    b = mqtt_broker_factory()
+    assert a.port != b.port and a.broker.config.max_inflight == 3
+    (msg,) = roundtrip(b, "f/t", b"from the factory")
+    assert msg.payload == b"from the factory"
+'''
+
+
+def test_plugin_used_by_a_user_test_module(pytester):
+    """A user's test module that only asks for the fixtures (no conftest, no import of cymqtt)
+    runs with pytest in a subprocess: a fresh broker per test, the config marker, one broker
+    for the session, a factory; the plugin is found through its pytest11 entry point."""
+    pytester.makepyfile(test_user=USER_TESTS)
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=6)
+
+
+def test_plugin_fixtures_listed(pytester):
+    """`pytest --fixtures` lists the plugin's fixtures with their documentation."""
+    pytester.makepyfile(test_x="def test_x(): pass\n")
+    result = pytester.runpytest_subprocess("--fixtures", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["mqtt_broker*", "*cymqtt broker for this test*"])
+    assert "mqtt_broker_session" in result.stdout.str()
+    assert "mqtt_broker_factory" in result.stdout.str()
+
+
+# -- BrokerThread ----------------------------------------------------------------------------------
+
+def test_broker_thread_for_synchronous_code():
+    """`with BrokerThread() as b`: a broker on 127.0.0.1 and a free port for code that is not
+    async; `publish` from this thread returns the delivery count; `stop` is idempotent."""
+    with BrokerThread(max_queued=10) as bt:
+        assert bt.host == "127.0.0.1" and bt.port > 0
+        sub = PahoClient(bt.port, "bt-sub", V311)
+        try:
+            sub.subscribe("bt/#", 1)
+            assert bt.publish("bt/x", b"sync", qos=1) == 1
+            assert sub.wait_messages(1)[0].payload == b"sync"
+            with pytest.raises(ValueError):
+                bt.publish("bt/#", b"wildcard")
+        finally:
+            sub.close()
+    bt.stop()
+    with socket.socket() as s:           # the listener is gone
+        assert s.connect_ex(("127.0.0.1", bt.port)) != 0
+
+
+def test_broker_thread_port_in_use_raises_and_leaves_no_thread():
+    """A taken port raises OSError from start(), and the loop thread is ended."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        before = threading.active_count()
+        with pytest.raises(OSError):
+            BrokerThread(port=s.getsockname()[1]).start()
+        assert threading.active_count() == before
 
 
 def test_publish_from_another_thread(broker):

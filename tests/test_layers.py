@@ -25,7 +25,7 @@ RANKS = [
     ("cymqtt.protocol",),
     ("cymqtt.net", "cymqtt.http", "cymqtt.cluster", "cymqtt.store"),
     ("cymqtt.broker",),
-    ("cymqtt.cli", "cymqtt.__main__", "cymqtt.bench"),
+    ("cymqtt.cli", "cymqtt.__main__", "cymqtt.bench", "cymqtt.testing"),
 ]
 
 
