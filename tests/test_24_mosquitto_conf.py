@@ -371,9 +371,12 @@ def test_bad_values_are_all_reported_with_their_lines(tmp_path):
 
 
 def test_which_files_are_mosquitto_conf():
-    """.conf names always; others only when not TOML and shaped `key value`, so a broken TOML
-    file still gets its TOML error."""
-    assert is_mosquitto_conf("x.conf", "port = 1883\n")
+    """.conf names unless the file is TOML with keys (a cymqtt.conf in TOML stays TOML); other
+    names only when not TOML and shaped `key value`, so a broken TOML file still gets its TOML
+    error."""
+    assert is_mosquitto_conf("x.conf", "listener 1883\n")
+    assert is_mosquitto_conf("x.conf", "# only comments\n")
+    assert not is_mosquitto_conf("cymqtt.conf", "port = 1883\n")
     assert is_mosquitto_conf("x.cfg", "# c\nlistener 1883\n")
     assert not is_mosquitto_conf("x.toml", "port = 1883\n")
     assert not is_mosquitto_conf("x.toml", "port = = 1883\n")

@@ -26,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("-p", "--port", type=int, help="TCP port (default 1883; 0 picks a free one)")
     p.add_argument("-c", "--config", metavar="FILE",
-                   help="config file: TOML, or a mosquitto.conf (read as such when its name "
-                        "ends in .conf or it is not TOML)")
+                   help="config file: TOML, or a mosquitto.conf (a file that is not TOML, "
+                        "named *.conf or written as `key value` lines)")
     p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS,
                    help="logging level (default info)")
     p.add_argument("-v", "--verbose", action="store_true",

@@ -153,15 +153,15 @@ class _State:
 
 
 def is_mosquitto_conf(path: str, text: str) -> bool:
-    """A file to read as mosquitto.conf: its name ends in .conf, or it is not valid TOML and its
-    first line that is not a comment reads `key value` (no `=`, no `[table]`)."""
-    if path.endswith(".conf"):
-        return True
+    """A file to read as mosquitto.conf: one that is not TOML with keys in it (mosquitto's
+    `key value` lines never are) and whose name ends in .conf or whose first line that is not a
+    comment reads `key value` (no `=`, no `[table]`)."""
     try:
-        tomllib.loads(text)
-        return False
+        data = tomllib.loads(text)
+        return path.endswith(".conf") and not data
     except tomllib.TOMLDecodeError:
-        pass
+        if path.endswith(".conf"):
+            return True
     for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
