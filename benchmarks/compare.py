@@ -613,7 +613,7 @@ def charts(results: dict, out_dir: Path, stem: str) -> list[str]:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.ticker import FuncFormatter
+        from matplotlib.ticker import FuncFormatter, NullFormatter
     except ImportError:
         log("matplotlib is not installed (pip install matplotlib); no charts")
         return []
@@ -645,17 +645,20 @@ def charts(results: dict, out_dir: Path, stem: str) -> list[str]:
         fig, axes = plt.subplots(1, len(thr), figsize=(3.4 * len(thr), 3.8), squeeze=False)
         for ax, s in zip(axes[0], thr):
             top, low = 0.0, float("inf")
+            series = {k: [lat(results[s].get(k), q) for q in pcts] for k in BROKERS}
             for k, marker in zip(BROKERS, ("o", "s")):
-                pts = [(i, lat(results[s].get(k), q)) for i, q in enumerate(pcts)]
-                pts = [(i, v) for i, v in pts if v is not None]
+                pts = [(i, v) for i, v in enumerate(series[k]) if v is not None]
                 if not pts:
                     continue
                 xs, ys = zip(*pts)
                 top, low = max(top, *ys), min(low, *ys)
                 ax.plot(xs, ys, marker=marker, color=colors[k], label=k, linewidth=1.2)
                 for x, y in pts:
+                    # The higher of the two points is labelled above, the lower one below.
+                    others = [series[o][x] for o in BROKERS if o != k and series[o][x]]
+                    above = not others or y >= max(others)
                     ax.annotate(_ms(y), (x, y), textcoords="offset points",
-                                xytext=(0, 7 if k == "cymqtt" else -13), ha="center",
+                                xytext=(0, 7 if above else -13), ha="center",
                                 fontsize=7, color=colors[k])
             ax.set_xticks(range(len(pcts)), pcts)
             ax.set_xlim(-0.4, len(pcts) - 0.6)
@@ -663,6 +666,7 @@ def charts(results: dict, out_dir: Path, stem: str) -> list[str]:
                 ax.set_yscale("log")
                 ax.set_ylim(max(low, 0.001) / 2.5, top * 2.5)
                 ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.yaxis.set_minor_formatter(NullFormatter())
             ax.set_title(TITLES[s], fontsize=10)
             ax.grid(axis="y", alpha=0.3)
             if s == thr[0]:
