@@ -295,6 +295,15 @@ def test_mosquitto_short_options(cli_broker):
     assert any(" DEBUG " in ln for ln in b.seen), b.seen
 
 
+@pytest.mark.parametrize("command", [["cymqtt"], ["cymqtt.bench", "conn"]])
+def test_port_has_the_same_two_spellings_in_both_commands(command):
+    """`cymqtt` and `cymqtt-bench` both take -p PORT and --port PORT."""
+    r = subprocess.run([sys.executable, "-m", *command, "--help"], capture_output=True,
+                       text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert "-p PORT, --port PORT" in r.stdout
+
+
 def test_sigint_stops_cleanly(cli_broker):
     """Ctrl-C (SIGINT) stops the broker like SIGTERM: exit 0, no traceback."""
     b = cli_broker("--port", "0")
