@@ -16,8 +16,8 @@ PKG = ROOT / "src" / "cymqtt"
 RANKS = [
     ("cymqtt._fast",),
     ("cymqtt._version", "cymqtt.consts", "cymqtt.config", "cymqtt.mosquitto_conf"),
-    ("cymqtt.message", "cymqtt.retain", "cymqtt.auth", "cymqtt.metrics", "cymqtt.timers",
-     "cymqtt.sys_topics"),
+    ("cymqtt.message", "cymqtt.retain", "cymqtt.auth", "cymqtt.access", "cymqtt.metrics",
+     "cymqtt.timers", "cymqtt.sys_topics", "cymqtt.passwd", "cymqtt.acl"),
     ("cymqtt.session",),
     ("cymqtt.router",),
     ("cymqtt.registry", "cymqtt.stream"),

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from cymqtt._fast.codec import encode_publish, validate_topic_name
 from cymqtt._version import __version__
+from cymqtt.access import Authorizer
 from cymqtt.auth import Authenticator
 from cymqtt.config import Config
 from cymqtt.consts import (
@@ -45,6 +48,8 @@ class Broker:
         (``Broker(port=0, max_queued=100)``).
     :param authenticators: MQTT 5 enhanced-authentication methods besides the built-in
         SCRAM-SHA-256 (see `cymqtt.auth.Authenticator`).
+    :param authorizers: what clients may publish, subscribe to and receive, beside the
+        config's acl_file (see `cymqtt.access.Authorizer`); a denial from any of them wins.
     :param clock: the broker's one clock (seconds, monotonic); every deadline uses it. Tests
         inject their own to play time forward.
 
@@ -55,13 +60,18 @@ class Broker:
 
     def __init__(self, config: Config | None = None, *,
                  authenticators: list[Authenticator] | None = None,
+                 authorizers: list[Authorizer] | None = None,
                  clock: Callable[[], float] = time.monotonic, **overrides: Any) -> None:
         config = config or Config()
         if overrides:
             config = config.replace(**overrides)
         self.config = config
         self._clock = clock
-        self._ctx = ctx = Context.create(config, authenticators, clock)
+        # Slow checks (password hashes) run here, off the event loop.
+        self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
+                                        thread_name_prefix="cymqtt-auth")
+        self._ctx = ctx = Context.create(config, authenticators, clock, authorizers,
+                                         self._offload)
         self._metrics = ctx.metrics
         self._router = ctx.router
         self._registry = ctx.registry
@@ -94,7 +104,16 @@ class Broker:
     def port(self) -> int:
         """The port of the (first) listener (useful with port=0)."""
         bound = self._listeners.bound
-        return bound[0][2] if bound else self.config.port
+        return bound[0][2] if bound else (self.config.port or 0)
+
+    @property
+    def listeners(self) -> list[dict[str, Any]]:
+        """Each bound listener: name, host, port (the one chosen, with port 0), protocol,
+        tls, mtls, clients connected through it and its max_connections."""
+        return self._listeners.describe()
+
+    def _offload(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+        return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def stop(self) -> None:
         """Disconnect every client and close the listeners. Wills are not published."""
@@ -122,6 +141,7 @@ class Broker:
         self._tasks.clear()
         self._listeners.flush()
         await asyncio.sleep(0)
+        self._pool.shutdown(wait=False, cancel_futures=True)
         if self._closed is not None:
             self._closed.set()
         log.info("cymqtt stopped")

@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     loop_name = _install_loop()
     try:
         asyncio.run(_serve(config, loop_name))
-    except ImportError as exc:
+    except (ImportError, ConfigError) as exc:
+        # ConfigError here: a file the config names (certificate, password or ACL file)
         print(f"cymqtt: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

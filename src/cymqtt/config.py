@@ -11,10 +11,12 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["Config", "ConfigError", "config_from_dict", "load_config"]
+__all__ = ["Config", "ConfigError", "ListenerConfig", "config_from_dict", "load_config"]
 
 SHARED_STRATEGIES = ("round_robin", "random", "hash_clientid", "hash_topic", "sticky")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LISTENER_PROTOCOLS = ("mqtt",)
+TLS_VERSIONS = ("tlsv1.2", "tlsv1.3")
 
 
 class ConfigError(ValueError):
@@ -27,16 +29,103 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class ListenerConfig:
+    """One `[[listeners]]` table, with mosquitto's key names. TLS when `certfile` and `keyfile`
+    are both set; `cafile` checks client certificates (required with `require_certificate`);
+    `use_identity_as_username` makes the client certificate's CN the user name."""
+
+    port: int
+    host: str = "127.0.0.1"
+    protocol: str = "mqtt"
+    certfile: str | None = None
+    keyfile: str | None = None
+    cafile: str | None = None
+    require_certificate: bool = False
+    use_identity_as_username: bool = False
+    ciphers: str | None = None            # OpenSSL cipher list (TLS 1.2 and below)
+    tls_version: str | None = None        # minimum: "tlsv1.2" or "tlsv1.3"
+    max_connections: int = -1             # clients connected at once; -1 = no limit
+
+    @property
+    def tls(self) -> bool:
+        return self.certfile is not None and self.keyfile is not None
+
+    def check(self, where: str) -> list[str]:
+        """What is wrong with it, one line each (empty when nothing)."""
+        errors = []
+        if not 0 <= self.port <= 65535:
+            errors.append(f"{where}: 'port' must be a port number 0..65535, not {self.port!r}")
+        if self.protocol not in LISTENER_PROTOCOLS:
+            errors.append(f"{where}: 'protocol' must be one of {', '.join(LISTENER_PROTOCOLS)},"
+                          f" not {self.protocol!r}")
+        if (self.certfile is None) != (self.keyfile is None):
+            errors.append(f"{where}: TLS needs both 'certfile' and 'keyfile'")
+        if not self.tls and (self.cafile or self.require_certificate or self.ciphers
+                             or self.tls_version or self.use_identity_as_username):
+            errors.append(f"{where}: 'cafile', 'require_certificate', "
+                          "'use_identity_as_username', 'ciphers' and 'tls_version' need TLS "
+                          "('certfile' and 'keyfile')")
+        if (self.require_certificate or self.use_identity_as_username) and not self.cafile:
+            errors.append(f"{where}: client certificates need 'cafile' (the CA that signs them)")
+        if self.tls_version is not None and self.tls_version not in TLS_VERSIONS:
+            errors.append(f"{where}: 'tls_version' must be one of {', '.join(TLS_VERSIONS)}, "
+                          f"not {self.tls_version!r}")
+        if self.max_connections < -1:
+            errors.append(f"{where}: 'max_connections' must be -1 (no limit) or >= 0")
+        return errors
+
+
+_LISTENER_TYPES = {f.name: f.type for f in fields(ListenerConfig)}
+
+
+def listener_from_dict(data: Any, where: str) -> ListenerConfig:
+    """A ListenerConfig from one [[listeners]] table; ConfigError naming every bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a table, not {type(data).__name__}")
+    errors = []
+    for key, value in data.items():
+        t = _LISTENER_TYPES.get(key)
+        if t is None:
+            close = difflib.get_close_matches(key, _LISTENER_TYPES, n=1)
+            errors.append(f"{where}: unknown key '{key}'" + (
+                f"; did you mean '{close[0]}'?" if close else
+                f" (known: {', '.join(_LISTENER_TYPES)})"))
+        elif not _is_type(value, str(t)):
+            errors.append(f"{where}: '{key}' must be {str(t).split(' ')[0]}, not {value!r}")
+    if "port" not in data:
+        errors.append(f"{where}: 'port' is required")
+    if errors:
+        raise ConfigError("\n".join(errors))
+    listener = ListenerConfig(**data)
+    errors = listener.check(where)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return listener
+
+
+def _is_type(value: Any, type_name: str) -> bool:
+    if type_name.startswith("int"):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if type_name == "bool":
+        return isinstance(value, bool)
+    return isinstance(value, str)
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the broker can be told. All fields have the defaults `cymqtt` runs with.
 
     :param host: address to listen on. 127.0.0.1 by default (as mosquitto 2 without a config);
         use "0.0.0.0" to accept connections from other machines.
-    :param port: TCP port; 0 picks a free one (``Broker.port`` tells which).
+    :param port: TCP port; 0 picks a free one (``Broker.port`` tells which). With
+        `listeners`, the top-level host/port is a listener only when `port` is set too (as in
+        mosquitto, where `listener` lines replace the default one): None means none.
+    :param listeners: further listeners (TLS, mTLS, other ports), `[[listeners]]` tables.
     """
 
     host: str = "127.0.0.1"
-    port: int = 1883
+    port: int | None = 1883
+    listeners: tuple[ListenerConfig, ...] = ()
     # Security limit: a packet larger than this is refused (0x95) before its body is buffered.
     max_packet_size: int = 1024 * 1024
     # Outbound flow control per session (narrowed by the client's MQTT 5 receive maximum).
@@ -89,6 +178,17 @@ class Config:
     users: dict[str, str] = field(default_factory=dict, repr=False)
     # With users configured, whether clients without a user name may connect.
     allow_anonymous: bool = True
+    # mosquitto_passwd files ($6$, $7$, $argon2id$) and mosquitto acl_files; SIGHUP reloads them.
+    password_file: str | None = None
+    acl_file: str | None = None
+    # Limits against abuse. Clients connected at once (-1: no limit; per listener too);
+    # PUBLISH packets per second per client (token bucket, a second's worth of burst; 0: no
+    # limit); subscriptions per client (0: no limit); topic name/filter length and levels.
+    max_connections: int = -1
+    max_publish_rate: float = 0.0
+    max_subscriptions_per_client: int = 0
+    max_topic_length: int = 65535
+    max_topic_levels: int = 128
     log_level: str = "info"
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -99,7 +199,9 @@ class Config:
             if not cond:
                 errors.append(f"config key '{key}' must be {what}, not {getattr(self, key)!r}")
 
-        need(0 <= self.port <= 65535, "port", "a port number 0..65535")
+        need(self.port is None or 0 <= self.port <= 65535, "port", "a port number 0..65535")
+        need(self.port is not None or bool(self.listeners), "port",
+             "set when there are no [[listeners]]")
         need(2 <= self.max_packet_size <= 268435460, "max_packet_size", "2 .. 268435460")
         need(1 <= self.max_inflight <= 65535, "max_inflight", "1 .. 65535")
         need(0 <= self.max_queued, "max_queued", ">= 0")
@@ -121,6 +223,12 @@ class Config:
         need(0 <= self.topic_alias_maximum <= 65535, "topic_alias_maximum", "0 .. 65535")
         need(all(isinstance(k, str) and isinstance(v, str) for k, v in self.users.items()),
              "users", "a table of user name = \"password\" strings")
+        need(self.max_connections >= -1, "max_connections", "-1 (no limit) or >= 0")
+        need(self.max_publish_rate >= 0, "max_publish_rate", ">= 0 (0: no limit)")
+        need(self.max_subscriptions_per_client >= 0, "max_subscriptions_per_client",
+             ">= 0 (0: no limit)")
+        need(1 <= self.max_topic_length <= 65535, "max_topic_length", "1 .. 65535")
+        need(1 <= self.max_topic_levels, "max_topic_levels", ">= 1")
         need(self.log_level.lower() in LOG_LEVELS, "log_level",
              "debug, info, warning, error or critical")
         if errors:
@@ -132,7 +240,7 @@ class Config:
 
 _TYPES: dict[str, tuple[type, ...]] = {}
 for _f in fields(Config):
-    if _f.name == "extra":
+    if _f.name in ("extra", "listeners"):
         continue
     _t = str(_f.type)
     if _t.startswith("int"):
@@ -153,6 +261,21 @@ def config_from_dict(data: dict[str, Any], base: Config | None = None) -> Config
     values: dict[str, Any] = {}
     errors: list[str] = []
     for key, value in data.items():
+        if key == "listeners":
+            if not isinstance(value, list):
+                errors.append("config key 'listeners' must be an array of tables "
+                              "([[listeners]]), not " + type(value).__name__)
+                continue
+            listeners = []
+            for i, item in enumerate(value):
+                try:
+                    listeners.append(listener_from_dict(item, f"[[listeners]] #{i + 1}"))
+                except ConfigError as exc:
+                    errors.extend(exc.errors)
+            values[key] = tuple(listeners)
+            if "port" not in data:
+                values["port"] = None     # only the listeners, as mosquitto's `listener`
+            continue
         if key not in _TYPES:
             close = difflib.get_close_matches(key, _TYPES, n=1)
             errors.append(f"unknown config key '{key}'" + (

@@ -24,6 +24,7 @@ import re
 import tomllib
 from typing import Any, Callable
 
+from cymqtt import config as _config
 from cymqtt.config import Config, ConfigError, config_from_dict, load_config
 
 __all__ = ["TRANSLATION", "LISTENER_KEYS", "is_mosquitto_conf", "load", "translate"]
@@ -254,6 +255,26 @@ def _set_listener(lst: _Listener, key: str, value: str, where: str, st: _State) 
         lst.values[key] = converted
 
 
+def _listener_tables(listeners: list[_Listener], st: _State) -> list[dict[str, Any]]:
+    # The `listeners` tables, with only the keys (and protocols) cymqtt's listeners have at
+    # run time; a listener of a protocol cymqtt does not speak is left out with a warning.
+    lc = getattr(_config, "ListenerConfig", None)
+    keys = {f.name for f in dataclasses.fields(lc)} if lc is not None else set(LISTENER_KEYS)
+    protocols = getattr(_config, "LISTENER_PROTOCOLS", ("mqtt",))
+    tables = []
+    for lst in listeners:
+        protocol = lst.values.get("protocol", "mqtt")
+        if protocol not in protocols:
+            st.warn(lst.line, f"listener {lst.values['port']}", f"(protocol {protocol}) is not "
+                    "supported by cymqtt yet: the listener is left out")
+            continue
+        for key in [k for k in lst.values if k not in keys]:
+            st.warn(lst.line, key, "(listener setting) is not supported by cymqtt yet")
+            del lst.values[key]
+        tables.append(lst.values)
+    return tables
+
+
 def translate(path: str) -> tuple[dict[str, Any], list[str]]:
     """The cymqtt config dict for the mosquitto.conf at `path`, and the warning lines (one per
     unsupported or unknown key, naming it and where it is). Raises ConfigError with every value
@@ -285,7 +306,7 @@ def translate(path: str) -> tuple[dict[str, Any], list[str]]:
         # mosquitto 2.0: with a listener configured, anonymous clients need allow_anonymous.
         out.setdefault("allow_anonymous", False)
     if "listeners" in fields and listeners:
-        out["listeners"] = [lst.values for lst in listeners]
+        out["listeners"] = _listener_tables(listeners, st)
     elif listeners:
         # One listener until Config has `listeners`: the first one becomes host and port.
         first, rest = listeners[0], listeners[1:]

@@ -220,7 +220,7 @@ def test_second_connect_5():
 
 
 @pytest.mark.parametrize("name,level", [("MQTT", 6), ("MQTT", 2), ("MQTT", 0x85),
-                                        ("MQIsdp", 4), ("MQIsdp", 5), ("MQTT", 3)])
+                                        ("MQIsdp", 4), ("MQTT", 3)])
 def test_bad_protocol_level(name, level):
     """3.1.1: an unsupported protocol level gets CONNACK 0x01 (unacceptable protocol level),
     then the connection is closed [MQTT-3.1.2-2]. The level is unknown, so the broker cannot
@@ -229,6 +229,19 @@ def test_bad_protocol_level(name, level):
     c = w.client()
     c.send(connect("lvl", version=4, protocol_name=name, level=level))
     assert c.take() == b"\x20\x02\x00\x01"
+    assert c.closed
+    assert w.registry.get("lvl") is None
+
+
+@pytest.mark.parametrize("name", ["MQIsdp", "MQTX", "mqtt"])
+def test_wrong_protocol_name_at_level_5_is_refused_in_the_5_0_format(name):
+    """Level 5 says MQTT 5, whatever the name: the refusal, 0x84 (unsupported protocol
+    version), comes in the 5.0 CONNACK format that client reads; then the connection closes."""
+    w = World()
+    c = w.client()
+    c.send(connect("lvl", version=5, protocol_name=name, level=5))
+    frames = c.take_frames()
+    assert frames[0][0] == 0x20 and frames[0][2:4] == b"\x00\x84"
     assert c.closed
     assert w.registry.get("lvl") is None
 

@@ -28,7 +28,8 @@ from cymqtt.consts import (
     AUTH, CONN_ACTIVE, CONN_CLOSING, CONN_NEW, CONNECT, DISCONNECT, P_REASON_STRING,
     P_TOPIC_ALIAS, PINGREQ, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, RC_BAD_USER_NAME_OR_PASSWORD,
     RC_BAD_AUTHENTICATION_METHOD, RC_BANNED, RC_CLIENT_IDENTIFIER_NOT_VALID,
-    RC_IMPLEMENTATION_SPECIFIC_ERROR, RC_NOT_AUTHORIZED, RC_PROTOCOL_ERROR, RC_SERVER_BUSY,
+    RC_IMPLEMENTATION_SPECIFIC_ERROR, RC_NOT_AUTHORIZED, RC_PROTOCOL_ERROR, RC_QUOTA_EXCEEDED,
+    RC_SERVER_BUSY,
     RC_SERVER_MOVED, RC_SERVER_UNAVAILABLE, RC_UNSUPPORTED_PROTOCOL_VERSION,
     RC_USE_ANOTHER_SERVER, SUBSCRIBE, UNSUBSCRIBE,
 )
@@ -56,6 +57,7 @@ V3_CONNACK = {
     RC_USE_ANOTHER_SERVER: 0x03,
     RC_SERVER_MOVED: 0x03,
     RC_BANNED: 0x05,
+    RC_QUOTA_EXCEEDED: 0x03,
 }
 
 # Bytes one connection may gather in its outbox within one loop iteration before it counts as
@@ -73,6 +75,15 @@ class ClientIO(Protocol):
     @property
     def peer(self) -> str:
         """"host:port" of the client, for logs."""
+
+    @property
+    def identity_username(self) -> str | None:
+        """On a listener whose certificates name their users: the client certificate's CN
+        ("" without one); None elsewhere."""
+
+    def admit(self) -> str | None:
+        """Take a client slot under the listener's and the broker's max_connections, once per
+        CONNECT; the reason when they are full."""
 
     def wake(self) -> None:
         """Frames are waiting: call `data_to_send()` and write them within this loop tick."""
@@ -126,7 +137,7 @@ class ClientProtocol:
         "last_rx", "created", "outbox", "out_bytes", "writable", "tx_paused", "paused_since",
         "max_packet_out", "aliases_in", "aliases_out", "alias_out_max", "problem_info",
         "receive_maximum", "username", "auth",
-        "throttled", "throttles", "waiting", "pending", "received", "sent",
+        "throttled", "throttles", "waiting", "pending", "received", "sent", "rate",
     )
 
     def __init__(self, ctx: Context, io: ClientIO) -> None:
@@ -158,6 +169,7 @@ class ClientProtocol:
         self.pending: list | None = None      # parsed packets held while throttled or waiting
         self.received = 0                     # PUBLISH packets from this client
         self.sent = 0                         # PUBLISH packets to this client
+        self.rate = None                      # publish.TokenBucket under max_publish_rate
 
     @property
     def peer(self) -> str:
@@ -171,7 +183,6 @@ class ClientProtocol:
         if self.state == CONN_CLOSING:
             return
         ctx = self.ctx
-        self.last_rx = ctx.clock()
         ctx.metrics.bytes_received += len(data)
         if self.state == CONN_NEW and self.pending is None and data and data[0] != 0x10 \
                 and not self.parser.buffered:
@@ -180,6 +191,10 @@ class ClientProtocol:
             self.fail(RC_PROTOCOL_ERROR, "the first packet is not CONNECT [MQTT-3.1.0-1]")
             return
         packets = self.parser.feed(data)
+        if packets:
+            # Keep alive counts complete packets: a client that trickles the bytes of one
+            # packet is as silent as one that sends nothing [MQTT-3.1.2-24].
+            self.last_rx = ctx.clock()
         if self.pending is not None:       # still working through an earlier chunk
             self.pending.extend(packets)
             return
@@ -297,6 +312,9 @@ class ClientProtocol:
         """The socket is closed (by either side): the session is detached, its will handled."""
         self.state = CONN_CLOSING
         self.outbox = None
+        self._detach()
+
+    def _detach(self) -> None:
         session = self.session
         if session is None or session.client is not self:
             return
@@ -447,6 +465,9 @@ class ClientProtocol:
             return
         self.state = CONN_CLOSING
         self.io.close()
+        # Done with the session now, not when the socket is gone (it lingers a moment to
+        # let the peer read what was written last: net.Connection.close).
+        self._detach()
 
     def abort(self) -> None:
         self.state = CONN_CLOSING

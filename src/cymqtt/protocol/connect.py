@@ -19,11 +19,12 @@ from cymqtt.consts import (
     P_SERVER_REFERENCE, P_SESSION_EXPIRY, P_SHARED_AVAILABLE, P_SUB_ID_AVAILABLE,
     P_TOPIC_ALIAS_MAXIMUM, P_WILDCARD_AVAILABLE, P_WILL_DELAY, RC_BAD_AUTHENTICATION_METHOD,
     RC_CLIENT_IDENTIFIER_NOT_VALID, RC_CONTINUE_AUTHENTICATION, RC_NOT_AUTHORIZED,
-    RC_PROTOCOL_ERROR, RC_QOS_NOT_SUPPORTED, RC_REAUTHENTICATE, RC_RETAIN_NOT_SUPPORTED,
+    RC_PROTOCOL_ERROR, RC_QOS_NOT_SUPPORTED, RC_QUOTA_EXCEEDED, RC_REAUTHENTICATE, RC_RETAIN_NOT_SUPPORTED,
     RC_SERVER_MOVED, RC_SUCCESS, RC_USE_ANOTHER_SERVER,
 )
 from cymqtt.message import Message
 from cymqtt.protocol.errors import ProtocolViolation
+from cymqtt.protocol.publish import TokenBucket
 from cymqtt.session import Will
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -88,6 +89,17 @@ def handle_connect(proto: ClientProtocol, pkt) -> None:
                                 "MQTT 3.1 client identifiers are 1..23 characters")
     proto.client_id = client_id
     proto.username = pkt.username
+    full = proto.io.admit()
+    if full is not None:
+        raise ProtocolViolation(RC_QUOTA_EXCEEDED, full)
+    identity = proto.io.identity_username
+    if identity is not None:
+        # use_identity_as_username: the certificate is the credential (the password file is
+        # not used on this listener, as in mosquitto).
+        if not identity:
+            raise ProtocolViolation(RC_NOT_AUTHORIZED, "no client certificate to take the user "
+                                                       "name from")
+        proto.username = identity
 
     method = props.get(P_AUTH_METHOD) if version == 5 else None
     if method is not None:
@@ -107,6 +119,9 @@ def handle_connect(proto: ClientProtocol, pkt) -> None:
                                     step.reason or "not authorized")
         _complete_connect(proto, pkt, assigned, None)
 
+    if identity is not None:
+        _complete_connect(proto, pkt, assigned, None)
+        return
     _decide(proto, ctx.auth.check(pkt.username, pkt.password), checked)
 
 
@@ -169,11 +184,19 @@ def _complete_connect(proto: ClientProtocol, pkt, assigned: str | None,
         d = config.session_expiry_default
         expiry = NEVER if d is None else d
 
+    access = ctx.access.for_client(client_id, proto.username)
+    if access is not None and pkt.will_topic is not None and \
+            not access.can_publish(pkt.will_topic):
+        raise ProtocolViolation(RC_NOT_AUTHORIZED, f"the ACL does not let it publish its will "
+                                                   f"topic {pkt.will_topic!r}")
     will = _make_will(client_id, pkt) if pkt.will_topic is not None else None
     session, session_present = ctx.registry.connect(
         proto, client_id, bool(pkt.clean_start), version, expiry,
         props.get(P_SESSION_EXPIRY, 0) if version == 5 else expiry, will, now)
     proto.session = session
+    session.access = access
+    if config.max_publish_rate:
+        proto.rate = TokenBucket(config.max_publish_rate, now)
 
     keepalive = pkt.keepalive
     if config.server_keep_alive is not None:
