@@ -47,7 +47,7 @@ class BrokerThread(PublicBrokerThread):
     def sweep(self, advance: float = 0.0) -> None:
         """Run the broker's timed rules as if `advance` seconds had passed (the clock itself
         does not move; `clock.advance` moves it)."""
-        self.call(lambda: self.broker.sweep(self.broker.now() + advance))
+        self.call(lambda: self.broker._sweep(self.broker.now() + advance))
 
 
 class RawClient:

@@ -255,3 +255,10 @@ def test_subscribe_no_clash_with_client_ids(broker):
         assert wait_until(lambda: c.messages)[0].payload == b"to both"
     finally:
         c.close()
+
+
+def test_public_surface_lists_only_public_names():
+    """`dir(Broker)` shows the API, not the machinery: the sweep is `_sweep`."""
+    public = {n for n in dir(Broker) if not n.startswith("_")}
+    assert not public & {"sweep", "route", "mark_dirty"}, public
+    assert {"start", "stop", "publish", "subscribe", "port", "stats"} <= public

@@ -300,11 +300,11 @@ class Broker:
         while True:
             await asyncio.sleep(timers.SWEEP_INTERVAL)
             try:
-                self.sweep(self._clock())
+                self._sweep(self._clock())
             except Exception:  # pragma: no cover - a bug, but the broker must keep serving
                 log.exception("sweep failed")
 
-    def sweep(self, now: float) -> None:
+    def _sweep(self, now: float) -> None:
         """Carry out every timed rule due at `now` (timers.check says which)."""
         clients = [c.protocol for c in self._listeners.connections]
         registry = self._registry
