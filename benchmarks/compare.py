@@ -28,8 +28,11 @@ Scenarios (scaled to a 2-core machine):
                and to ret/7/+/x (1,000 topics): how many arrive and how fast
 
 Writes benchmarks/results/<YYYY-MM-DD>.md (a table per scenario: each broker's figures and the
-ratio cymqtt/mosquitto), <date>-throughput.png and <date>-latency.png (matplotlib), and the raw
-figures as <date>.json (git-ignored).
+ratio cymqtt/mosquitto), charts (matplotlib): <date>-throughput.png (bars), <date>-latency.png
+(each broker's p50/p90/p99/max as labelled dots on a line, per scenario) and
+<date>-connections.png (memory per connection, connect rate, connections held), and the raw
+figures as <date>.json (git-ignored). `--charts-from <date>.json` redraws the charts and the
+report of an earlier run without running anything.
 """
 from __future__ import annotations
 
@@ -610,6 +613,7 @@ def charts(results: dict, out_dir: Path, stem: str) -> list[str]:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter, NullFormatter
     except ImportError:
         log("matplotlib is not installed (pip install matplotlib); no charts")
         return []
@@ -633,26 +637,75 @@ def charts(results: dict, out_dir: Path, stem: str) -> list[str]:
         plt.close(fig)
         made.append(path.name)
     if thr:
-        fig, axes = plt.subplots(1, len(thr), figsize=(3.2 * len(thr), 3.6), squeeze=False)
+        # A dot plot per scenario: each broker's latency percentiles joined by a line, every
+        # point labelled with its value. Dots sit on a log axis without a baseline, so a 0.3 ms
+        # p50 beside a 300 ms p99 stays visible (bars on a log axis start from an arbitrary
+        # floor, which made small values look empty).
+        pcts = ("p50", "p90", "p99", "max")
+        fig, axes = plt.subplots(1, len(thr), figsize=(3.4 * len(thr), 3.8), squeeze=False)
         for ax, s in zip(axes[0], thr):
-            x = range(2)
-            for j, k in enumerate(BROKERS):
-                vals = [lat(results[s].get(k), "p50") or 0, lat(results[s].get(k), "p99") or 0]
-                ax.bar([i + (j - 0.5) * 0.38 for i in x], vals, width=0.38, label=k,
-                       color=colors[k])
-            ax.set_xticks(list(x), ["p50", "p99"])
-            ax.set_yscale("log")
+            top, low = 0.0, float("inf")
+            series = {k: [lat(results[s].get(k), q) for q in pcts] for k in BROKERS}
+            for k, marker in zip(BROKERS, ("o", "s")):
+                pts = [(i, v) for i, v in enumerate(series[k]) if v is not None]
+                if not pts:
+                    continue
+                xs, ys = zip(*pts)
+                top, low = max(top, *ys), min(low, *ys)
+                ax.plot(xs, ys, marker=marker, color=colors[k], label=k, linewidth=1.2)
+                for x, y in pts:
+                    # The higher of the two points is labelled above, the lower one below.
+                    others = [series[o][x] for o in BROKERS if o != k and series[o][x]]
+                    above = not others or y >= max(others)
+                    ax.annotate(_ms(y), (x, y), textcoords="offset points",
+                                xytext=(0, 7 if above else -13), ha="center",
+                                fontsize=7, color=colors[k])
+            ax.set_xticks(range(len(pcts)), pcts)
+            ax.set_xlim(-0.4, len(pcts) - 0.6)
+            if top > 0:
+                ax.set_yscale("log")
+                ax.set_ylim(max(low, 0.001) / 2.5, top * 2.5)
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.yaxis.set_minor_formatter(NullFormatter())
             ax.set_title(TITLES[s], fontsize=10)
+            ax.grid(axis="y", alpha=0.3)
             if s == thr[0]:
-                ax.set_ylabel("latency, ms (log)")
+                ax.set_ylabel("latency, ms (log scale)")
                 ax.legend(fontsize=8)
-        fig.suptitle("End-to-end latency (lower is better)")
+        fig.suptitle("End-to-end latency by percentile (lower is better)")
         fig.tight_layout()
         path = out_dir / f"{stem}-latency.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
         made.append(path.name)
+    conn = results.get("conn") or {}
+    if any(conn.get(k) for k in BROKERS):
+        panels = [("memory per connection, KB (lower is better)",
+                   lambda r: r.get("kb_per_conn") if r else None, 2),
+                  ("connect rate, connections/s (higher is better)",
+                   lambda r: b(r, "connect_rate_per_s"), 0),
+                  ("connections held", lambda r: b(r, "connected"), 0)]
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6),
+                                 squeeze=False)
+        for ax, (title, get, digits) in zip(axes[0], panels):
+            vals = [get(conn.get(k)) for k in BROKERS]
+            ax.bar(BROKERS, [v or 0 for v in vals], color=[colors[k] for k in BROKERS])
+            for i, v in enumerate(vals):
+                ax.annotate("-" if v is None else f"{v:,.{digits}f}", (i, v or 0),
+                            ha="center", va="bottom", fontsize=8)
+            ax.set_ylim(0, max([v or 0 for v in vals] + [0]) * 1.15 or 1)
+            ax.set_title(title, fontsize=9)
+        fig.suptitle("Idle connections: memory and connect rate")
+        fig.tight_layout()
+        path = out_dir / f"{stem}-connections.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        made.append(path.name)
     return made
+
+
+def _ms(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
 
 
 def git_rev(root: Path = ROOT) -> str:
@@ -769,11 +822,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="idle connections in the conn scenario (default 19,000: the open-file "
                         "limit is 20,000 per process)")
     p.add_argument("--no-charts", action="store_true")
+    p.add_argument("--charts-from", metavar="JSON",
+                   help="run nothing: redraw the charts (and the report) of an earlier run "
+                        "from its <date>.json, next to it")
     p.add_argument("--cymqtt-python", metavar="PYTHON",
                    help="interpreter whose cymqtt is the broker under test (default: this one); "
                         "e.g. another checkout's .venv/bin/python, for before/after runs with "
                         "the same load generator")
     o = p.parse_args(argv)
+    if o.charts_from:
+        src = Path(o.charts_from)
+        try:
+            data = json.loads(src.read_text())
+        except (OSError, ValueError) as exc:
+            die(f"cannot read {src}: {exc}")
+        pngs = charts(data["results"], src.parent, src.stem)
+        report = write_report(data["results"], data["meta"], src.parent, src.stem, pngs)
+        log(f"wrote {report}" + (", " + ", ".join(pngs) if pngs else ""))
+        return 0
     o.duration = 4.0 if o.quick else 10.0
     o.hold = 4.0 if o.quick else 10.0
     chosen = [s.strip() for s in o.scenarios.split(",") if s.strip()]

@@ -1,14 +1,14 @@
 """What the broker tests share besides fixtures: a broker on its own thread and a raw MQTT socket.
 
-`BrokerThread` runs a Broker on its own event loop (asyncio or uvloop) in a daemon thread; tests
-read its state through `call(fn)`, which runs `fn` on the broker's loop. `RawClient` speaks MQTT
-bytes over a socket for byte-exact and hostile-input tests. `Cli` runs the `cymqtt` command in a
-subprocess and collects its log lines. conftest.py builds its fixtures from
-these; test modules import them from here (never from conftest).
+`BrokerThread` runs a Broker on its own event loop (asyncio or uvloop) in a daemon thread (the
+public `cymqtt.testing.BrokerThread`, plus a test clock); tests read its state through
+`call(fn)`, which runs `fn` on the broker's loop. `RawClient` speaks MQTT bytes over a socket
+for byte-exact and hostile-input tests. `Cli` runs the `cymqtt` command in a subprocess and
+collects its log lines. conftest.py builds its fixtures from these; test modules import them
+from here (never from conftest).
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import queue
 import re
@@ -19,11 +19,11 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any
 
 from cymqtt._fast.codec import FrameParser, encode
 from cymqtt.registry import RegistryListener
+from cymqtt.testing import BrokerThread as PublicBrokerThread
 
 
 class TestClock:
@@ -40,56 +40,23 @@ class TestClock:
         self.offset += seconds
 
 
-class BrokerThread:
-    """A Broker running on its own loop in a daemon thread, on a `TestClock` (`clock`)."""
+class BrokerThread(PublicBrokerThread):
+    """`cymqtt.testing.BrokerThread`, started at once, on a `TestClock` (`clock`), with $SYS
+    off; `sweep(advance)` plays the timed rules."""
 
     def __init__(self, loop_kind: str = "asyncio", **overrides: Any) -> None:
-        from cymqtt.broker import Broker
-
-        overrides.setdefault("port", 0)
-        overrides.setdefault("host", "127.0.0.1")
         overrides.setdefault("sys_interval", 0)
         self.clock = TestClock()
-        self.broker = Broker(clock=self.clock, **overrides)
-        if loop_kind == "uvloop":
-            import uvloop
-            self.loop = uvloop.new_event_loop()
-        else:
-            self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
-                                        name="cymqtt-test-broker")
-        self._thread.start()
-        self.run(self.broker.start())
-        self.host = "127.0.0.1"
-        self.port = self.broker.port
-
-    def run(self, coro, timeout: float = 10.0):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
-        fut: Future = Future()
-
-        def go() -> None:
-            try:
-                fut.set_result(fn())
-            except BaseException as exc:  # pragma: no cover - reported to the test
-                fut.set_exception(exc)
-
-        self.loop.call_soon_threadsafe(go)
-        return fut.result(timeout)
+        broker_kw: dict[str, Any] = {"clock": self.clock}
+        if "authenticators" in overrides:
+            broker_kw["authenticators"] = overrides.pop("authenticators")
+        super().__init__(loop=loop_kind, broker_kw=broker_kw, **overrides)
+        self.start()
 
     def sweep(self, advance: float = 0.0) -> None:
         """Run the broker's timed rules as if `advance` seconds had passed (the clock itself
         does not move; `clock.advance` moves it)."""
-        self.call(lambda: self.broker.sweep(self.broker.now() + advance))
-
-    def stop(self) -> None:
-        try:
-            self.run(self.broker.stop())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(5)
-            self.loop.close()
+        self.call(lambda: self.broker._sweep(self.broker.now() + advance))
 
 
 class RawClient:

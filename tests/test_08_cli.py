@@ -189,9 +189,42 @@ def test_invalid_toml(config_file):
 
 
 def test_unknown_config_key(config_file):
-    """An unknown key is an error naming the key (a typo must not be silently ignored)."""
+    """An unknown key is an error naming the key (a typo must not be silently ignored) and the
+    key it resembles, without listing every key."""
     r = run_cli("-c", config_file('prot = 1883\n'))
-    assert_one_line_error(r, "'prot'", "unknown config key")
+    line = assert_one_line_error(r, "'prot'", "unknown config key", "did you mean 'port'?")
+    assert "max_queued" not in line
+
+
+def test_every_config_error_at_once(config_file):
+    """Every error of a file is reported in one go, one line each: unknown keys (with their
+    near miss), wrong types and values out of range."""
+    r = run_cli("-c", config_file('prot = 1883\nmax_queud = 5\nqueue_qos0 = 1\n'
+                                  'max_inflight = 0\nport = 70000\nzzz = 1\n'))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = error_lines(r.stderr)
+    assert len(lines) == 6, lines
+    assert all(ln.startswith("cymqtt: ") for ln in lines), lines
+    text = "\n".join(lines)
+    assert "'prot'; did you mean 'port'?" in text
+    assert "'max_queud'; did you mean 'max_queued'?" in text
+    assert "'queue_qos0' must be bool" in text
+    assert "'max_inflight' must be 1 .. 65535" in text
+    assert "'port' must be a port number 0..65535" in text
+    assert "unknown config key 'zzz' (README.md lists the keys)" in text
+
+
+def test_command_line_takes_what_the_file_takes(busy_port):
+    """`--log-level critical` (any case) is accepted, as `log_level = "critical"` is in the
+    file: the run gets as far as binding its port."""
+    r = run_cli("--log-level", "CRITICAL", "-p", str(busy_port))
+    assert_one_line_error(r, str(busy_port), "already in use")
+
+
+def test_daemon_is_refused_with_the_alternative():
+    """mosquitto's -d (run in the background) is refused: one line saying to use systemd."""
+    r = run_cli("-d", "-p", "0")
+    assert_one_line_error(r, "-d", "not supported", "systemd")
 
 
 @pytest.mark.parametrize("text,key", [
@@ -250,6 +283,26 @@ def test_command_line_overrides_config_file(cli_broker, config_file):
     b = cli_broker("-c", path, "--port", "0")
     assert b.port not in (0, 1)
     assert b.stop() == 0
+
+
+def test_mosquitto_short_options(cli_broker):
+    """-p PORT and -v (verbose: log level debug) as mosquitto spells them."""
+    b = cli_broker("-p", "0", "-v")
+    assert b.port > 0
+    c = PahoClient(b.port, "verbose-client", V311)
+    c.publish("$not/allowed", b"x", qos=1)      # refused, logged at debug level only
+    c.close()
+    assert b.stop() == 0
+    assert any(" DEBUG " in ln and "$not/allowed" in ln for ln in b.seen), b.seen
+
+
+@pytest.mark.parametrize("command", [["cymqtt"], ["cymqtt.bench", "conn"]])
+def test_port_has_the_same_two_spellings_in_both_commands(command):
+    """`cymqtt` and `cymqtt-bench` both take -p PORT and --port PORT."""
+    r = subprocess.run([sys.executable, "-m", *command, "--help"], capture_output=True,
+                       text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert "-p PORT, --port PORT" in r.stdout
 
 
 def test_sigint_stops_cleanly(cli_broker):

@@ -15,17 +15,18 @@ PKG = ROOT / "src" / "cymqtt"
 # Lowest first. A module may import modules of its own rank or below, never above.
 RANKS = [
     ("cymqtt._fast",),
-    ("cymqtt._version", "cymqtt.consts", "cymqtt.config", "cymqtt.logs"),
+    ("cymqtt._version", "cymqtt.consts", "cymqtt.config", "cymqtt.logs",
+     "cymqtt.mosquitto_conf"),
     ("cymqtt.message", "cymqtt.retain", "cymqtt.auth", "cymqtt.access", "cymqtt.metrics",
      "cymqtt.timers", "cymqtt.sys_topics", "cymqtt.passwd", "cymqtt.acl"),
     ("cymqtt.session",),
     ("cymqtt.router",),
-    ("cymqtt.registry",),
+    ("cymqtt.registry", "cymqtt.stream"),
     ("cymqtt.context",),
     ("cymqtt.protocol",),
     ("cymqtt.net", "cymqtt.http", "cymqtt.cluster", "cymqtt.store"),
     ("cymqtt.broker",),
-    ("cymqtt.cli", "cymqtt.__main__", "cymqtt.bench"),
+    ("cymqtt.cli", "cymqtt.__main__", "cymqtt.bench", "cymqtt.testing"),
 ]
 
 

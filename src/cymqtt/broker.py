@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -33,6 +34,7 @@ from cymqtt.net.connection import Connection
 from cymqtt.net.listeners import ListenerSet, specs_from_config
 from cymqtt.registry import RegistryListener
 from cymqtt.session import Session
+from cymqtt.stream import MessageStream
 from cymqtt import logs, sys_topics, timers
 from cymqtt.net.accept import open_file_limit
 
@@ -116,12 +118,14 @@ class Broker:
         self._tasks: list[asyncio.Task] = []
         self._running = False
         self._closed: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._streams: weakref.WeakSet[MessageStream] = weakref.WeakSet()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Bind the listeners and start the sweep. Raises OSError when a port is taken."""
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._closed = asyncio.Event()
         self._metrics.started = self._clock()
         await self._listeners.start(loop)
@@ -154,6 +158,8 @@ class Broker:
             return
         self._running = False
         self._listeners.close()
+        for stream in list(self._streams):
+            stream.close()
         redirect = self.config.redirect_to
         for conn in list(self._listeners.connections):
             if redirect:
@@ -195,9 +201,11 @@ class Broker:
     # -- embedding API -------------------------------------------------------------------------
 
     def publish(self, topic: str, payload: bytes | bytearray | str = b"", qos: int = 0,
-                retain: bool = False, properties: dict | None = None) -> int:
+                retain: bool = False, properties: dict | None = None) -> int | None:
         """Publish a message from inside the program, as if a client had; returns the number of
-        sessions it was delivered (or queued) to. Call it on the broker's event loop.
+        sessions it was delivered (or queued) to. Thread-safe: called from another thread than
+        the running broker's loop, it checks its arguments there, schedules the delivery on the
+        loop (``loop.call_soon_threadsafe``) and returns None, the count being unknown yet.
 
         :raises ValueError: a topic that is not a valid PUBLISH topic name (empty, wildcards,
             U+0000, over 65,535 bytes), a QoS other than 0, 1 or 2, or a payload that is not
@@ -224,10 +232,34 @@ class Broker:
                            properties, 5)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"cannot publish to {topic[:60]!r}: {exc}") from None
-        now = self._clock()
         msg = Message(topic, payload, qos, bool(retain), properties or None)
+        loop = self._loop
+        if loop is not None and _running_loop() is not loop:
+            loop.call_soon_threadsafe(self._route_message, msg)
+            return None
+        return self._route_message(msg)
+
+    def _route_message(self, msg: Message) -> int:
+        now = self._clock()
         msg.start_expiry(now)
         return self._router.route(msg, now)
+
+    def subscribe(self, topic_filter: str, qos: int = 0) -> MessageStream:
+        """Receive the messages matching `topic_filter` in the program, as a subscriber would
+        (retained ones first; QoS the lower of the published and `qos`)::
+
+            async with broker.subscribe("sensors/#", qos=1) as messages:
+                async for msg in messages:      # msg.topic, .payload, .qos, .retain
+                    ...
+
+        It is subscribed when this returns, so nothing published afterwards is missed. Call it
+        on the broker's loop; ``close()`` (or leaving ``async with``, or ``stop()``) ends it.
+
+        :raises ValueError: a filter a SUBSCRIBE could not carry, or a QoS other than 0..2.
+        """
+        stream = MessageStream(self._router, self.config, self._clock, topic_filter, qos)
+        self._streams.add(stream)
+        return stream
 
     def add_listener(self, listener: RegistryListener) -> None:
         """Receive the registry's session events (created, ended, subscribed, unsubscribed,
@@ -416,11 +448,11 @@ class Broker:
         while True:
             await asyncio.sleep(timers.SWEEP_INTERVAL)
             try:
-                self.sweep(self._clock())
+                self._sweep(self._clock())
             except Exception:  # pragma: no cover - a bug, but the broker must keep serving
                 log.exception("sweep failed")
 
-    def sweep(self, now: float) -> None:
+    def _sweep(self, now: float) -> None:
         """Carry out every timed rule due at `now` (timers.check says which)."""
         clients = [c.protocol for c in self._listeners.connections]
         registry = self._registry
@@ -457,3 +489,10 @@ class Broker:
             for topic, value in sys_topics.topics(self.stats()).items():
                 self._router.route(Message(topic, value.encode(), 0, True), now)
             await asyncio.sleep(interval)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

@@ -15,7 +15,8 @@ import sys
 
 from cymqtt import logs
 from cymqtt._version import __version__
-from cymqtt.config import Config, ConfigError, config_from_dict, load_config
+from cymqtt.config import LOG_LEVELS, Config, ConfigError, config_from_dict
+from cymqtt.mosquitto_conf import load as load_config_file
 
 log = logging.getLogger("cymqtt")
 
@@ -26,19 +27,29 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Options given on the command line override the config file. "
                "`cymqtt passwd ...` manages mosquitto password files (as mosquitto_passwd).")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
-    p.add_argument("--port", type=int, help="TCP port (default 1883; 0 picks a free one)")
-    p.add_argument("-c", "--config", metavar="FILE", help="TOML config file")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+    p.add_argument("-p", "--port", type=int, help="TCP port (default 1883; 0 picks a free one)")
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help="config file: TOML, or a mosquitto.conf (a file that is not TOML, "
+                        "named *.conf or written as `key value` lines)")
+    p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS,
                    help="logging level (default info)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log everything: log level debug (as mosquitto -v)")
+    p.add_argument("-d", "--daemon", action="store_true",
+                   help="refused: cymqtt runs in the foreground; use systemd to run it in "
+                        "the background")
     p.add_argument("--version", action="version", version=f"cymqtt {__version__}")
     return p
 
 
-def make_config(args: argparse.Namespace) -> Config:
-    config = load_config(args.config) if args.config else Config()
+def make_config(args: argparse.Namespace) -> tuple[Config, list[str]]:
+    """The Config from the file and the options, and the file's warnings (mosquitto.conf keys
+    that were ignored)."""
+    config, warnings = load_config_file(args.config) if args.config else (Config(), [])
+    log_level = args.log_level or ("debug" if args.verbose else None)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
-                                   ("log_level", args.log_level)) if v is not None}
-    return config_from_dict(overrides, config) if overrides else config
+                                   ("log_level", log_level)) if v is not None}
+    return (config_from_dict(overrides, config) if overrides else config), warnings
 
 
 def _install_loop() -> str:
@@ -108,7 +119,7 @@ def _reload(broker, config_path: str | None) -> None:
         log.info("reload: no config file given (-c); nothing to reload")
         return
     try:
-        config = load_config(config_path)
+        config, _ = load_config_file(config_path)      # (its warnings were shown at start)
     except ConfigError as exc:
         log.error("reload failed, keeping the current configuration: %s", exc)
         return
@@ -134,11 +145,19 @@ def main(argv: list[str] | None = None) -> int:
         from cymqtt.passwd import main as passwd_main
         return passwd_main(argv[1:])
     args = build_parser().parse_args(argv)
-    try:
-        config = make_config(args)
-    except ConfigError as exc:
-        print(f"cymqtt: {exc}", file=sys.stderr)
+    if args.daemon:
+        # Detached, a port in use or a bad file could not be reported on this terminal.
+        print("cymqtt: -d (run in the background) is not supported: run cymqtt in the "
+              "foreground under systemd (Type=simple) or another supervisor", file=sys.stderr)
         return 2
+    try:
+        config, warnings = make_config(args)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"cymqtt: {line}", file=sys.stderr)
+        return 2
+    for line in warnings:           # on the terminal, wherever log_dest sends the log
+        print(f"cymqtt: warning: {line}", file=sys.stderr)
     try:
         logs.setup(config.log_level, config.log_dest)
     except OSError as exc:

@@ -6,6 +6,7 @@ unknown keys and wrong types are errors that name the key and what it takes.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -13,12 +14,18 @@ from typing import Any
 __all__ = ["Config", "ConfigError", "ListenerConfig", "config_from_dict", "load_config"]
 
 SHARED_STRATEGIES = ("round_robin", "random", "hash_clientid", "hash_topic", "sticky")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LISTENER_PROTOCOLS = ("mqtt",)
 TLS_VERSIONS = ("tlsv1.2", "tlsv1.3")
 
 
 class ConfigError(ValueError):
-    """A configuration a user wrote that cannot be used; the message says which key and why."""
+    """A configuration a user wrote that cannot be used; the message says which key and why,
+    one line per error (`errors`: the lines), every error found at once."""
+
+    @property
+    def errors(self) -> list[str]:
+        return str(self).splitlines()
 
 
 @dataclass(frozen=True)
@@ -79,8 +86,10 @@ def listener_from_dict(data: Any, where: str) -> ListenerConfig:
     for key, value in data.items():
         t = _LISTENER_TYPES.get(key)
         if t is None:
-            errors.append(f"{where}: unknown key '{key}' (known: "
-                          f"{', '.join(_LISTENER_TYPES)})")
+            close = difflib.get_close_matches(key, _LISTENER_TYPES, n=1)
+            errors.append(f"{where}: unknown key '{key}'" + (
+                f"; did you mean '{close[0]}'?" if close else
+                f" (known: {', '.join(_LISTENER_TYPES)})"))
         elif not _is_type(value, str(t)):
             errors.append(f"{where}: '{key}' must be {str(t).split(' ')[0]}, not {value!r}")
     if "port" not in data:
@@ -195,9 +204,11 @@ class Config:
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        errors: list[str] = []
+
         def need(cond: bool, key: str, what: str) -> None:
             if not cond:
-                raise ConfigError(f"config key '{key}' must be {what}, not {getattr(self, key)!r}")
+                errors.append(f"config key '{key}' must be {what}, not {getattr(self, key)!r}")
 
         need(self.port is None or 0 <= self.port <= 65535, "port", "a port number 0..65535")
         need(self.port is not None or bool(self.listeners), "port",
@@ -229,13 +240,15 @@ class Config:
              ">= 0 (0: no limit)")
         need(1 <= self.max_topic_length <= 65535, "max_topic_length", "1 .. 65535")
         need(1 <= self.max_topic_levels, "max_topic_levels", ">= 1")
-        need(self.log_level.lower() in ("debug", "info", "warning", "error", "critical"),
-             "log_level", "debug, info, warning, error or critical")
+        need(self.log_level.lower() in LOG_LEVELS, "log_level",
+             "debug, info, warning, error or critical")
         need(0 <= self.max_keepalive <= 65535, "max_keepalive", "0 .. 65535")
         need(self.log_dest in ("stderr", "stdout", "syslog", "none") or (
             self.log_dest.startswith("file:") and len(self.log_dest) > 5), "log_dest",
             '"stderr", "stdout", "syslog", "none" or "file:/path"')
         need(self.pid_file is None or self.pid_file != "", "pid_file", "a path")
+        if errors:
+            raise ConfigError("\n".join(errors))
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -259,27 +272,44 @@ for _f in fields(Config):
 
 
 def config_from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
-    """A Config from parsed TOML (or any mapping); every key is checked."""
+    """A Config from parsed TOML (or any mapping); every key is checked, and the ConfigError
+    names every bad key and value at once, one line each."""
     values: dict[str, Any] = {}
+    errors: list[str] = []
     for key, value in data.items():
         if key == "listeners":
             if not isinstance(value, list):
-                raise ConfigError("config key 'listeners' must be an array of tables "
-                                  "([[listeners]]), not " + type(value).__name__)
-            values[key] = tuple(listener_from_dict(item, f"[[listeners]] #{i + 1}")
-                                for i, item in enumerate(value))
+                errors.append("config key 'listeners' must be an array of tables "
+                              "([[listeners]]), not " + type(value).__name__)
+                continue
+            listeners = []
+            for i, item in enumerate(value):
+                try:
+                    listeners.append(listener_from_dict(item, f"[[listeners]] #{i + 1}"))
+                except ConfigError as exc:
+                    errors.extend(exc.errors)
+            values[key] = tuple(listeners)
             if "port" not in data:
                 values["port"] = None     # only the listeners, as mosquitto's `listener`
             continue
         if key not in _TYPES:
-            known = ", ".join(sorted(_TYPES))
-            raise ConfigError(f"unknown config key '{key}' (known keys: {known})")
+            close = difflib.get_close_matches(key, _TYPES, n=1)
+            errors.append(f"unknown config key '{key}'" + (
+                f"; did you mean '{close[0]}'?" if close else " (README.md lists the keys)"))
+            continue
         types = _TYPES[key]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise ConfigError(f"config key '{key}' must be {types[-1].__name__}, "
-                              f"not {type(value).__name__} {value!r}")
+            errors.append(f"config key '{key}' must be {types[-1].__name__}, "
+                          f"not {type(value).__name__} {value!r}")
+            continue
         values[key] = value
-    return dataclasses.replace(base or Config(), **values)
+    try:
+        config = dataclasses.replace(base or Config(), **values)
+    except ConfigError as exc:
+        errors.extend(exc.errors)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return config
 
 
 def load_config(path: str) -> Config:
@@ -290,8 +320,9 @@ def load_config(path: str) -> Config:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid TOML: {exc} (a mosquitto.conf is "
+                          f"read as one when its name ends in .conf)") from None
     try:
         return config_from_dict(data)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError("\n".join(f"{path}: {line}" for line in exc.errors)) from None

@@ -2,7 +2,7 @@
 
 The harness's clock is the Context's clock, so the protocols stamp times the test chooses, and
 `check(now, ...)` is asked about any moment without sleeping. What it answers is carried out the
-way Broker.sweep does, to see the bytes.
+way Broker._sweep does, to see the bytes.
 """
 import pytest
 
