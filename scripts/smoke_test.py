@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 
 TIMEOUT = 20.0
 
