@@ -7,7 +7,7 @@ what scripts/testinstalled.sh runs in its fresh, compiler-less venv.
 1. `cymqtt` must be imported from this interpreter's environment, never from CHECKOUT/src, and
    its installed files (RECORD) must be complete (scripts/check_wheel.py --installed).
 2. The _fast unit tests (tests/fast, with tests/models and conftest.py) run from a copy of
-   CHECKOUT/tests in a temporary directory, with PYTHONPATH unset: only the installed package
+   CHECKOUT/tests (and benchmarks/, whose sink.py a test runs) in a temporary directory, with PYTHONPATH unset: only the installed package
    is importable. --full runs the whole suite that way instead, then the broker tests again on
    uvloop (the `make test` pair), where uvloop exists.
 3. scripts/smoke_test.py: the installed `cymqtt` command serves a publish/subscribe round trip.
@@ -75,8 +75,12 @@ def main() -> int:
             print(f"test_wheel: {why}: the broker and its tests run on asyncio only")
 
         # 2. the tests, from a copy beside nothing but itself
-        shutil.copytree(os.path.join(project, "tests"), os.path.join(tmp, "tests"),
-                        ignore=shutil.ignore_patterns("node_modules", "__pycache__"))
+        # tests/ and benchmarks/ (test_10_bench_tool runs benchmarks/sink.py as its peer)
+        for top in ("tests", "benchmarks"):
+            if os.path.isdir(os.path.join(project, top)):
+                shutil.copytree(os.path.join(project, top), os.path.join(tmp, top),
+                                ignore=shutil.ignore_patterns("node_modules", "__pycache__",
+                                                              "results"))
         js_modules = os.path.join(project, "tests", "js", "node_modules")
         if os.path.isdir(js_modules):   # MQTT.js for the interop tests, when installed
             os.symlink(js_modules, os.path.join(tmp, "tests", "js", "node_modules"))
