@@ -6,7 +6,8 @@
 # auditwheel to manylinux_2_17 (manylinux2014), checks its file list (scripts/check_wheel.py: a
 # file missing from the wheel fails here), then scripts/test-installed-wheel.sh installs it
 # into a fresh venv with no compiler on PATH and runs the _fast tests, the smoke test and
-# stubtest against it. TESTINSTALLED_FULL=1 runs the whole suite against the wheel.
+# stubtest against it; scripts/check-cibw-targets.sh then checks that cibuildwheel lists the
+# 28 release targets. TESTINSTALLED_FULL=1 runs the whole suite against the wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -28,4 +29,6 @@ echo "testinstalled: $(basename "$whl") ($(du -k "$whl" | cut -f1) KB) built in 
 full=()
 [ "${TESTINSTALLED_FULL:-0}" = 1 ] && full=(--full)
 scripts/test-installed-wheel.sh "$PY" "$whl" --require-mosquitto "${full[@]}" "$@"
+# The wheel matrix of the release workflow, as cibuildwheel reads it (no build: a few seconds).
+scripts/check-cibw-targets.sh
 echo "testinstalled: ok in $(( $(date +%s) - start )) s"
