@@ -93,8 +93,9 @@ def main() -> int:
             source = ["--ignore=tests/" + t for t in SOURCE_TESTS]
             run(pytest + source + ["tests"] + args.pytest_args, tmp, env)
             if "uvloop" in loops:
-                run(pytest + ["--loop=uvloop", "--ignore=tests/fast", "--ignore=tests/protocol",
-                              "tests"] + args.pytest_args, tmp, env)
+                run(pytest + source + ["--loop=uvloop", "--ignore=tests/fast",
+                                       "--ignore=tests/protocol", "tests"] + args.pytest_args,
+                    tmp, env)
         else:
             run(pytest + ["tests/fast"] + args.pytest_args, tmp, env)
 
