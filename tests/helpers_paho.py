@@ -87,6 +87,7 @@ class PahoClient:
     :param will: dict(topic=..., payload=..., qos=0, retain=False, properties=None).
     :param connect: connect now and wait for CONNACK (else call `connect()` later).
     :param expect_rc: fail unless CONNACK carries this code (None: accept anything).
+    :param tls: arguments of paho's `tls_set` (ca_certs, certfile, keyfile): connect over TLS.
     """
 
     def __init__(self, port: int, client_id: str = "", protocol: int = V5, *,
@@ -94,7 +95,8 @@ class PahoClient:
                  will: dict | None = None, username: str | None = None,
                  password: str | None = None, host: str = "127.0.0.1",
                  connect_properties: Properties | None = None, connect: bool = True,
-                 expect_rc: int | None = 0, timeout: float = DEFAULT_TIMEOUT) -> None:
+                 expect_rc: int | None = 0, timeout: float = DEFAULT_TIMEOUT,
+                 tls: dict | None = None) -> None:
         self.port = port
         self.host = host
         self.protocol = protocol
@@ -122,6 +124,8 @@ class PahoClient:
         c.on_message = self._on_message
         c.on_disconnect = self._on_disconnect
         c.on_subscribe = self._on_subscribe
+        if tls is not None:
+            c.tls_set(**tls)          # ca_certs=..., certfile=..., keyfile=...
         if username is not None:
             c.username_pw_set(username, password)
         if will is not None:

@@ -18,7 +18,8 @@ from mqtt_bytes import connect, publish, subscribe, sync
 SYS = "$SYS/broker/"
 TOPICS = ["version", "uptime", "clients/connected", "clients/disconnected", "clients/total",
           "messages/received", "messages/sent", "publish/messages/dropped", "bytes/received",
-          "bytes/sent", "subscriptions/count", "retained messages/count"]
+          "bytes/sent", "subscriptions/count", "retained messages/count",
+          "connections/refused/fd limit"]
 
 
 def latest(client) -> dict[str, str]:

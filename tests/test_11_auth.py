@@ -160,13 +160,14 @@ def test_pluggable_authenticator_continue_success_and_reauthentication():
 
 @pytest.mark.parametrize("version", [4, 5])
 def test_password_authentication(make_broker, version):
+    """A wrong password: CONNACK 0x86 (5.0) or 0x05 (3.1.1 not authorized, as mosquitto)."""
     bt = make_broker(users=USERS, allow_anonymous=False)
     good = RawClient(bt.port, version)
     good.send_packet(Connect("g", version=version, username="bob", password=b"builder"))
     assert good.recv_packet().reason_code == 0
     bad = RawClient(bt.port, version)
     bad.send_packet(Connect("b", version=version, username="bob", password=b"x"))
-    assert bad.recv_packet().reason_code == (0x86 if version == 5 else 0x04)
+    assert bad.recv_packet().reason_code == (0x86 if version == 5 else 0x05)
     assert bad.closed()
     anon = RawClient(bt.port, version)
     anon.send_packet(Connect("a", version=version))

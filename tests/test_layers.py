@@ -15,9 +15,9 @@ PKG = ROOT / "src" / "cymqtt"
 # Lowest first. A module may import modules of its own rank or below, never above.
 RANKS = [
     ("cymqtt._fast",),
-    ("cymqtt._version", "cymqtt.consts", "cymqtt.config"),
-    ("cymqtt.message", "cymqtt.retain", "cymqtt.auth", "cymqtt.metrics", "cymqtt.timers",
-     "cymqtt.sys_topics"),
+    ("cymqtt._version", "cymqtt.consts", "cymqtt.config", "cymqtt.logs"),
+    ("cymqtt.message", "cymqtt.retain", "cymqtt.auth", "cymqtt.access", "cymqtt.metrics",
+     "cymqtt.timers", "cymqtt.sys_topics", "cymqtt.passwd", "cymqtt.acl"),
     ("cymqtt.session",),
     ("cymqtt.router",),
     ("cymqtt.registry",),

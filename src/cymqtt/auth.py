@@ -29,7 +29,7 @@ import hmac
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Awaitable
+from typing import Awaitable, Callable
 
 from cymqtt.consts import RC_BAD_USER_NAME_OR_PASSWORD, RC_NOT_AUTHORIZED
 
@@ -78,13 +78,22 @@ class Authenticator(ABC):
 
 
 class Auth:
-    """Who may connect: the [users] passwords, anonymous access, and the enhanced
-    authentication methods (SCRAM-SHA-256 for [users], plus any `Authenticator` given)."""
+    """Who may connect: the [users] passwords, a mosquitto password file, anonymous access,
+    and the enhanced authentication methods (SCRAM-SHA-256 for [users], plus any
+    `Authenticator` given).
+
+    A password file's hashes are slow by design (PBKDF2, argon2): `offload(fn, *args)` runs
+    `fn` away from the event loop and returns an asyncio future of its result (the broker gives
+    a thread pool; hashlib and argon2 release the GIL), so a connect storm with passwords does
+    not stall message traffic. Without `offload` the check runs inline (tests)."""
 
     def __init__(self, users: dict[str, str], allow_anonymous: bool = True,
-                 authenticators: list[Authenticator] | None = None) -> None:
+                 authenticators: list[Authenticator] | None = None,
+                 passwords=None, offload: Callable[..., Awaitable] | None = None) -> None:
         self._users = users
         self._allow_anonymous = allow_anonymous
+        self.passwords = passwords            # passwd.PasswordFile, or None
+        self._offload = offload
         self._methods: dict[str, Authenticator] = {}
         if users:
             scram = ScramSha256(users)
@@ -99,16 +108,31 @@ class Auth:
     def check(self, username: str | None,
               password: bytes | None) -> AuthStep | Awaitable[AuthStep]:
         """A CONNECT without an authentication method: its user name and password."""
-        if not self._users:
+        passwords = self.passwords
+        if not self._users and passwords is None:
             return _ALLOWED
         if username is None:
             if self._allow_anonymous:
                 return _ALLOWED
             return AuthStep.failure(RC_NOT_AUTHORIZED, "anonymous clients are not allowed")
-        if not check_password(self._users, username, password):
-            return AuthStep.failure(RC_BAD_USER_NAME_OR_PASSWORD,
-                                    f"bad user name or password for {username!r}")
+        if username in self._users or passwords is None:
+            return _ALLOWED if check_password(self._users, username, password) \
+                else _bad_password(username)
+        if self._offload is not None and password is not None and username in passwords:
+            return self._offload(_verify, passwords, username, password)
+        return _verify(passwords, username, password)
+
+
+def _verify(passwords, username: str, password: bytes | None) -> AuthStep:
+    # In a worker thread: PasswordFile.verify is pure and thread-safe.
+    if password is not None and passwords.verify(username, password):
         return _ALLOWED
+    return _bad_password(username)
+
+
+def _bad_password(username: str) -> AuthStep:
+    return AuthStep.failure(RC_BAD_USER_NAME_OR_PASSWORD,
+                            f"bad user name or password for {username!r}")
 
 
 def check_password(users: dict[str, str], username: str | None,

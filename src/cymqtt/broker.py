@@ -10,12 +10,16 @@ program embedding it, and answers questions about its state. It holds no MQTT ru
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from cymqtt._fast.codec import encode_publish, validate_topic_name
 from cymqtt._version import __version__
+from cymqtt.access import Authorizer
 from cymqtt.auth import Authenticator
 from cymqtt.config import Config
 from cymqtt.consts import (
@@ -29,11 +33,40 @@ from cymqtt.net.connection import Connection
 from cymqtt.net.listeners import ListenerSet, specs_from_config
 from cymqtt.registry import RegistryListener
 from cymqtt.session import Session
-from cymqtt import sys_topics, timers
+from cymqtt import logs, sys_topics, timers
+from cymqtt.net.accept import open_file_limit
 
-__all__ = ["Broker"]
+__all__ = ["Broker", "RELOADABLE"]
 
 log = logging.getLogger("cymqtt.broker")
+
+# The keys Broker.reload() applies to a running broker, each with when it takes effect; any
+# other key that changed needs a restart (and keeps its old value until then). Handlers read
+# ctx.config afresh, so a key whose users all do needs only a line here; one held elsewhere
+# also needs a line in Broker._apply (log level, timers, $SYS task). Keys are left out when
+# clients were told the old value in CONNACK (maximum_qos, topic_alias_maximum, ...).
+RELOADABLE: dict[str, str] = {
+    "log_level": "now",
+    "connection_messages": "now",
+    "validate_utf8_payload": "now",
+    "connect_timeout": "now",
+    "write_timeout": "now",
+    "retry_interval": "now",
+    "sys_interval": "now",
+    "max_keepalive": "new connections",
+    "server_keep_alive": "new connections",
+    "max_packet_size": "new connections",
+    "allow_zero_length_client_id": "new connections",
+    "response_information": "new connections",
+    "redirect_to": "new connections",
+    "redirect_permanent": "new connections",
+    "session_expiry_default": "new connections",
+    "max_session_expiry": "new connections",
+    "max_inflight": "new sessions",
+    "max_queued": "new sessions",
+    "queue_qos0": "new sessions",
+    "stall_timeout": "new sessions",
+}
 
 
 class Broker:
@@ -43,6 +76,8 @@ class Broker:
         (``Broker(port=0, max_queued=100)``).
     :param authenticators: MQTT 5 enhanced-authentication methods besides the built-in
         SCRAM-SHA-256 (see `cymqtt.auth.Authenticator`).
+    :param authorizers: what clients may publish, subscribe to and receive, beside the
+        config's acl_file (see `cymqtt.access.Authorizer`); a denial from any of them wins.
     :param clock: the broker's one clock (seconds, monotonic); every deadline uses it. Tests
         inject their own to play time forward.
 
@@ -53,13 +88,18 @@ class Broker:
 
     def __init__(self, config: Config | None = None, *,
                  authenticators: list[Authenticator] | None = None,
+                 authorizers: list[Authorizer] | None = None,
                  clock: Callable[[], float] = time.monotonic, **overrides: Any) -> None:
         config = config or Config()
         if overrides:
             config = config.replace(**overrides)
         self.config = config
         self._clock = clock
-        self._ctx = ctx = Context.create(config, authenticators, clock)
+        # Slow checks (password hashes) run here, off the event loop.
+        self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
+                                        thread_name_prefix="cymqtt-auth")
+        self._ctx = ctx = Context.create(config, authenticators, clock, authorizers,
+                                         self._offload)
         self._metrics = ctx.metrics
         self._router = ctx.router
         self._registry = ctx.registry
@@ -90,7 +130,16 @@ class Broker:
     def port(self) -> int:
         """The port of the (first) listener (useful with port=0)."""
         bound = self._listeners.bound
-        return bound[0][2] if bound else self.config.port
+        return bound[0][2] if bound else (self.config.port or 0)
+
+    @property
+    def listeners(self) -> list[dict[str, Any]]:
+        """Each bound listener: name, host, port (the one chosen, with port 0), protocol,
+        tls, mtls, clients connected through it and its max_connections."""
+        return self._listeners.describe()
+
+    def _offload(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+        return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def stop(self) -> None:
         """Disconnect every client and close the listeners. Wills are not published."""
@@ -105,7 +154,8 @@ class Broker:
                     RC_SERVER_MOVED if self.config.redirect_permanent else RC_USE_ANOTHER_SERVER,
                     "use another server", {P_SERVER_REFERENCE: redirect})
             else:
-                conn.protocol.shutdown(RC_SERVER_SHUTTING_DOWN, "server shutting down")
+                conn.protocol.shutdown(RC_SERVER_SHUTTING_DOWN, "server shutting down",
+                                       why="broker shutting down")
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -116,6 +166,7 @@ class Broker:
         self._tasks.clear()
         self._listeners.flush()
         await asyncio.sleep(0)
+        self._pool.shutdown(wait=False, cancel_futures=True)
         if self._closed is not None:
             self._closed.set()
         log.info("cymqtt stopped")
@@ -242,6 +293,82 @@ class Broker:
         return collect(self._metrics, self._registry, self._router,
                        len(self._listeners.connections), self._clock())
 
+    # -- operations ----------------------------------------------------------------------------
+
+    def reload(self, config: Config) -> dict[str, Any]:
+        """Take what `config` changes that can change without dropping a client (the keys of
+        `RELOADABLE`, each from the moment it names); log one line per key applied and one
+        naming the keys that need a restart (those keep their old values). The `cymqtt`
+        command calls this on SIGHUP with the config file read again.
+
+        :return: ``{"changed": {key: (old, new)}, "restart": [key, ...]}``
+        """
+        old = self.config
+        diff = [f.name for f in dataclasses.fields(Config)
+                if f.compare and getattr(old, f.name) != getattr(config, f.name)]
+        apply = [k for k in diff if k in RELOADABLE]
+        restart = [k for k in diff if k not in RELOADABLE]
+        new = old.replace(**{k: getattr(config, k) for k in apply}) if apply else old
+        self.config = self._ctx.config = new
+        self._registry.use_config(new)
+        self._apply(old, new, apply)
+        for k in apply:
+            log.info("reload: %s = %r (was %r; applies to %s)", k, getattr(new, k),
+                     getattr(old, k), RELOADABLE[k])
+        if restart:
+            log.warning("reload: changed but only applied on restart: %s", ", ".join(restart))
+        if not diff:
+            log.info("reload: no changes")
+        return {"changed": {k: (getattr(old, k), getattr(new, k)) for k in apply},
+                "restart": restart}
+
+    def _apply(self, old: Config, new: Config, keys: list[str]) -> None:
+        # What reading ctx.config afresh does not cover.
+        if "log_level" in keys:
+            logs.set_level(new.log_level)
+        self._limits = timers.Limits(new.connect_timeout, new.write_timeout,
+                                     new.retry_interval)
+        if "sys_interval" in keys and self._running:
+            for task in [t for t in self._tasks if t.get_name() == "cymqtt-sys"]:
+                task.cancel()
+                self._tasks.remove(task)
+            if new.sys_interval > 0:
+                self._tasks.append(asyncio.create_task(self._sys_forever(new.sys_interval),
+                                                       name="cymqtt-sys"))
+
+    def describe(self) -> list[str]:
+        """A one-screen state report, line by line (the `cymqtt` command logs it on SIGUSR1)."""
+        st = self.stats()
+        try:
+            loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+        except RuntimeError:
+            loop = "not running"
+        soft, hard = open_file_limit()
+        try:
+            fds = str(len(os.listdir("/proc/self/fd")))
+        except OSError:
+            fds = "?"
+        listen = ", ".join(f"{h}:{p}" for _, h, p in self._listeners.bound) or "none"
+        return [
+            f"cymqtt {__version__}: up {st['uptime']} s, loop {loop}, pid {os.getpid()}, "
+            f"listening on {listen}",
+            f"connections: {st['connections']} open ({st['clients_connected']} clients "
+            f"connected), {st['connections_total']} accepted since start, "
+            f"{st['connections_refused_fd_limit']} refused at the open-file limit; "
+            f"open files {fds} of {soft if soft >= 0 else 'unlimited'} "
+            f"(hard {hard if hard >= 0 else 'unlimited'})",
+            f"sessions: {st['sessions']} ({st['clients_disconnected']} offline), "
+            f"pending wills {st['pending_wills']}",
+            f"subscriptions: {st['subscriptions']}, retained messages: "
+            f"{st['retained_messages']}",
+            f"messages: in flight {st['inflight_messages']}, queued {st['queued_messages']}, "
+            f"received {st['messages_received']}, sent {st['messages_sent']}, dropped "
+            f"{st['messages_dropped']} (queue full {st['messages_dropped_queue_full']}, slow "
+            f"consumer {st['messages_dropped_slow_consumer']}, too large "
+            f"{st['messages_dropped_too_large']})",
+            f"bytes: received {st['bytes_received']}, sent {st['bytes_sent']}",
+        ]
+
     # -- the sweep -----------------------------------------------------------------------------
 
     async def _sweep_forever(self) -> None:
@@ -263,13 +390,16 @@ class Broker:
                          limits.connect_timeout)
                 target.abort()
             elif kind == timers.KEEPALIVE_EXPIRED:
-                log.info("client %s: keep alive %d s expired; closing", target.client_id,
-                         target.keepalive)
-                target.disconnect(RC_KEEP_ALIVE_TIMEOUT, "keep alive timeout")
+                why = f"keep alive timeout (nothing received for 1.5 x {target.keepalive} s)"
+                if not target.logged:       # else its disconnect line says it
+                    log.info("client %s: %s; closing", target.client_id, why)
+                target.disconnect(RC_KEEP_ALIVE_TIMEOUT, "keep alive timeout", why=why)
             elif kind == timers.WRITE_STALLED:
-                log.info("client %s: socket unwritable for %.0f s; closing",
-                         target.client_id, now - target.paused_since)
-                target.abort()
+                why = (f"write timeout (socket unwritable for {now - target.paused_since:.0f} s,"
+                       f" write_timeout {limits.write_timeout:g} s)")
+                if not target.logged:
+                    log.info("client %s: %s; closing", target.client_id, why)
+                target.abort(why)
             elif kind == timers.RETRY_DUE:
                 if target.session is not None:
                     target.session.retry(limits.retry_interval, now)

@@ -9,9 +9,11 @@ import argparse
 import asyncio
 import errno
 import logging
+import os
 import signal
 import sys
 
+from cymqtt import logs
 from cymqtt._version import __version__
 from cymqtt.config import Config, ConfigError, config_from_dict, load_config
 
@@ -21,7 +23,8 @@ log = logging.getLogger("cymqtt")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cymqtt", description="An MQTT 3.1 / 3.1.1 / 5.0 broker.",
-        epilog="Options given on the command line override the config file.")
+        epilog="Options given on the command line override the config file. "
+               "`cymqtt passwd ...` manages mosquitto password files (as mosquitto_passwd).")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, help="TCP port (default 1883; 0 picks a free one)")
     p.add_argument("-c", "--config", metavar="FILE", help="TOML config file")
@@ -39,6 +42,8 @@ def make_config(args: argparse.Namespace) -> Config:
 
 
 def _install_loop() -> str:
+    if os.environ.get("CYMQTT_LOOP") == "asyncio":     # uvloop unless told otherwise
+        return "asyncio"
     try:
         import uvloop
     except ImportError:
@@ -47,7 +52,8 @@ def _install_loop() -> str:
     return "uvloop"
 
 
-async def _serve(config: Config, loop_name: str = "asyncio") -> None:
+async def _serve(config: Config, loop_name: str = "asyncio",
+                 config_path: str | None = None) -> None:
     import cymqtt._fast  # noqa: F401  (one clear line when the build is missing)
     from cymqtt.broker import Broker
 
@@ -55,33 +61,98 @@ async def _serve(config: Config, loop_name: str = "asyncio") -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     # Handlers first: a SIGTERM right after the "listening on" line must stop cleanly too.
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    handlers = {signal.SIGINT: stop.set, signal.SIGTERM: stop.set,
+                signal.SIGHUP: lambda: _reload(broker, config_path),
+                signal.SIGUSR1: lambda: [log.info("%s", line) for line in broker.describe()]}
+    for sig, handler in handlers.items():
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, handler)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
             pass
     await broker.start()
-    log.info("event loop: %s; Ctrl-C or SIGTERM stops the broker", loop_name)
+    pid_file = config.pid_file
     try:
+        if pid_file:
+            _write_pid_file(pid_file)
+        log.info("event loop: %s; Ctrl-C or SIGTERM stops the broker, SIGHUP reloads %s, "
+                 "SIGUSR1 logs its state", loop_name, config_path or "(no config file)")
         await stop.wait()
     finally:
         log.info("stopping")
         await broker.stop()
+        if pid_file:
+            try:
+                os.unlink(pid_file)
+            except OSError:
+                pass
+
+
+# -- operations: open-file limit, pid file, SIGHUP -------------------------------------------
+
+class _PidFileError(Exception):
+    pass
+
+
+def _write_pid_file(path: str) -> None:
+    try:
+        with open(path, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+    except OSError as exc:
+        raise _PidFileError(f"cannot write pid_file {path}: {exc.strerror}") from None
+
+
+def _reload(broker, config_path: str | None) -> None:
+    """SIGHUP: read the config file again and give the broker what changed. A bad file
+    changes nothing and says so in one line."""
+    if not config_path:
+        log.info("reload: no config file given (-c); nothing to reload")
+        return
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        log.error("reload failed, keeping the current configuration: %s", exc)
+        return
+    broker.reload(config)
+
+
+def _raise_fd_limit() -> None:
+    from cymqtt.net.accept import raise_open_file_limit
+
+    before, now, hard = raise_open_file_limit()
+    shown = lambda n: "unlimited" if n < 0 else str(n)  # noqa: E731
+    if now != before:
+        log.info("open-file limit: soft %s raised to %s (hard limit %s)", shown(before),
+                 shown(now), shown(hard))
+    else:
+        log.info("open-file limit: soft %s, hard %s", shown(now), shown(hard))
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["passwd"]:
+        # `cymqtt passwd [-c] [-b] [-D] [-U] FILE USER [PASSWORD]`, as mosquitto_passwd
+        from cymqtt.passwd import main as passwd_main
+        return passwd_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         config = make_config(args)
     except ConfigError as exc:
         print(f"cymqtt: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        logs.setup(config.log_level, config.log_dest)
+    except OSError as exc:
+        print(f"cymqtt: cannot log to {config.log_dest}: {exc.strerror}", file=sys.stderr)
+        return 2
+    _raise_fd_limit()
     loop_name = _install_loop()
     try:
-        asyncio.run(_serve(config, loop_name))
-    except ImportError as exc:
+        asyncio.run(_serve(config, loop_name, args.config))
+    except _PidFileError as exc:
+        print(f"cymqtt: {exc}", file=sys.stderr)
+        return 2
+    except (ImportError, ConfigError) as exc:
+        # ConfigError here: a file the config names (certificate, password or ACL file)
         print(f"cymqtt: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

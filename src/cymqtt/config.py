@@ -10,13 +10,96 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["Config", "ConfigError", "config_from_dict", "load_config"]
+__all__ = ["Config", "ConfigError", "ListenerConfig", "config_from_dict", "load_config"]
 
 SHARED_STRATEGIES = ("round_robin", "random", "hash_clientid", "hash_topic", "sticky")
+LISTENER_PROTOCOLS = ("mqtt",)
+TLS_VERSIONS = ("tlsv1.2", "tlsv1.3")
 
 
 class ConfigError(ValueError):
     """A configuration a user wrote that cannot be used; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """One `[[listeners]]` table, with mosquitto's key names. TLS when `certfile` and `keyfile`
+    are both set; `cafile` checks client certificates (required with `require_certificate`);
+    `use_identity_as_username` makes the client certificate's CN the user name."""
+
+    port: int
+    host: str = "127.0.0.1"
+    protocol: str = "mqtt"
+    certfile: str | None = None
+    keyfile: str | None = None
+    cafile: str | None = None
+    require_certificate: bool = False
+    use_identity_as_username: bool = False
+    ciphers: str | None = None            # OpenSSL cipher list (TLS 1.2 and below)
+    tls_version: str | None = None        # minimum: "tlsv1.2" or "tlsv1.3"
+    max_connections: int = -1             # clients connected at once; -1 = no limit
+
+    @property
+    def tls(self) -> bool:
+        return self.certfile is not None and self.keyfile is not None
+
+    def check(self, where: str) -> list[str]:
+        """What is wrong with it, one line each (empty when nothing)."""
+        errors = []
+        if not 0 <= self.port <= 65535:
+            errors.append(f"{where}: 'port' must be a port number 0..65535, not {self.port!r}")
+        if self.protocol not in LISTENER_PROTOCOLS:
+            errors.append(f"{where}: 'protocol' must be one of {', '.join(LISTENER_PROTOCOLS)},"
+                          f" not {self.protocol!r}")
+        if (self.certfile is None) != (self.keyfile is None):
+            errors.append(f"{where}: TLS needs both 'certfile' and 'keyfile'")
+        if not self.tls and (self.cafile or self.require_certificate or self.ciphers
+                             or self.tls_version or self.use_identity_as_username):
+            errors.append(f"{where}: 'cafile', 'require_certificate', "
+                          "'use_identity_as_username', 'ciphers' and 'tls_version' need TLS "
+                          "('certfile' and 'keyfile')")
+        if (self.require_certificate or self.use_identity_as_username) and not self.cafile:
+            errors.append(f"{where}: client certificates need 'cafile' (the CA that signs them)")
+        if self.tls_version is not None and self.tls_version not in TLS_VERSIONS:
+            errors.append(f"{where}: 'tls_version' must be one of {', '.join(TLS_VERSIONS)}, "
+                          f"not {self.tls_version!r}")
+        if self.max_connections < -1:
+            errors.append(f"{where}: 'max_connections' must be -1 (no limit) or >= 0")
+        return errors
+
+
+_LISTENER_TYPES = {f.name: f.type for f in fields(ListenerConfig)}
+
+
+def listener_from_dict(data: Any, where: str) -> ListenerConfig:
+    """A ListenerConfig from one [[listeners]] table; ConfigError naming every bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a table, not {type(data).__name__}")
+    errors = []
+    for key, value in data.items():
+        t = _LISTENER_TYPES.get(key)
+        if t is None:
+            errors.append(f"{where}: unknown key '{key}' (known: "
+                          f"{', '.join(_LISTENER_TYPES)})")
+        elif not _is_type(value, str(t)):
+            errors.append(f"{where}: '{key}' must be {str(t).split(' ')[0]}, not {value!r}")
+    if "port" not in data:
+        errors.append(f"{where}: 'port' is required")
+    if errors:
+        raise ConfigError("\n".join(errors))
+    listener = ListenerConfig(**data)
+    errors = listener.check(where)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return listener
+
+
+def _is_type(value: Any, type_name: str) -> bool:
+    if type_name.startswith("int"):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if type_name == "bool":
+        return isinstance(value, bool)
+    return isinstance(value, str)
 
 
 @dataclass(frozen=True)
@@ -25,11 +108,15 @@ class Config:
 
     :param host: address to listen on. 127.0.0.1 by default (as mosquitto 2 without a config);
         use "0.0.0.0" to accept connections from other machines.
-    :param port: TCP port; 0 picks a free one (``Broker.port`` tells which).
+    :param port: TCP port; 0 picks a free one (``Broker.port`` tells which). With
+        `listeners`, the top-level host/port is a listener only when `port` is set too (as in
+        mosquitto, where `listener` lines replace the default one): None means none.
+    :param listeners: further listeners (TLS, mTLS, other ports), `[[listeners]]` tables.
     """
 
     host: str = "127.0.0.1"
-    port: int = 1883
+    port: int | None = 1883
+    listeners: tuple[ListenerConfig, ...] = ()
     # Security limit: a packet larger than this is refused (0x95) before its body is buffered.
     max_packet_size: int = 1024 * 1024
     # Outbound flow control per session (narrowed by the client's MQTT 5 receive maximum).
@@ -82,7 +169,29 @@ class Config:
     users: dict[str, str] = field(default_factory=dict, repr=False)
     # With users configured, whether clients without a user name may connect.
     allow_anonymous: bool = True
+    # mosquitto_passwd files ($6$, $7$, $argon2id$) and mosquitto acl_files; SIGHUP reloads them.
+    password_file: str | None = None
+    acl_file: str | None = None
+    # Limits against abuse. Clients connected at once (-1: no limit; per listener too);
+    # PUBLISH packets per second per client (token bucket, a second's worth of burst; 0: no
+    # limit); subscriptions per client (0: no limit); topic name/filter length and levels.
+    max_connections: int = -1
+    max_publish_rate: float = 0.0
+    max_subscriptions_per_client: int = 0
+    max_topic_length: int = 65535
+    max_topic_levels: int = 128
     log_level: str = "info"
+    # -- operations (as mosquitto's keys of the same names) --
+    # Keep alive cap: a client asking for more, or for 0, is told this (MQTT 5 server keep
+    # alive); an MQTT 3.x client asking for more, or for 0, is refused (CONNACK 2), as
+    # mosquitto >= 2.0.12 does. 65535 (the default) or 0: no cap.
+    max_keepalive: int = 65535
+    # Log each client's connect ("New client connected from ...") and disconnect, with why.
+    connection_messages: bool = True
+    # Where logs go: "stderr", "stdout", "file:/path/to/file", "syslog" or "none".
+    log_dest: str = "stderr"
+    # Written with the broker's pid at start, removed at stop (the `cymqtt` command).
+    pid_file: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -90,7 +199,9 @@ class Config:
             if not cond:
                 raise ConfigError(f"config key '{key}' must be {what}, not {getattr(self, key)!r}")
 
-        need(0 <= self.port <= 65535, "port", "a port number 0..65535")
+        need(self.port is None or 0 <= self.port <= 65535, "port", "a port number 0..65535")
+        need(self.port is not None or bool(self.listeners), "port",
+             "set when there are no [[listeners]]")
         need(2 <= self.max_packet_size <= 268435460, "max_packet_size", "2 .. 268435460")
         need(1 <= self.max_inflight <= 65535, "max_inflight", "1 .. 65535")
         need(0 <= self.max_queued, "max_queued", ">= 0")
@@ -112,8 +223,19 @@ class Config:
         need(0 <= self.topic_alias_maximum <= 65535, "topic_alias_maximum", "0 .. 65535")
         need(all(isinstance(k, str) and isinstance(v, str) for k, v in self.users.items()),
              "users", "a table of user name = \"password\" strings")
+        need(self.max_connections >= -1, "max_connections", "-1 (no limit) or >= 0")
+        need(self.max_publish_rate >= 0, "max_publish_rate", ">= 0 (0: no limit)")
+        need(self.max_subscriptions_per_client >= 0, "max_subscriptions_per_client",
+             ">= 0 (0: no limit)")
+        need(1 <= self.max_topic_length <= 65535, "max_topic_length", "1 .. 65535")
+        need(1 <= self.max_topic_levels, "max_topic_levels", ">= 1")
         need(self.log_level.lower() in ("debug", "info", "warning", "error", "critical"),
              "log_level", "debug, info, warning, error or critical")
+        need(0 <= self.max_keepalive <= 65535, "max_keepalive", "0 .. 65535")
+        need(self.log_dest in ("stderr", "stdout", "syslog", "none") or (
+            self.log_dest.startswith("file:") and len(self.log_dest) > 5), "log_dest",
+            '"stderr", "stdout", "syslog", "none" or "file:/path"')
+        need(self.pid_file is None or self.pid_file != "", "pid_file", "a path")
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -121,7 +243,7 @@ class Config:
 
 _TYPES: dict[str, tuple[type, ...]] = {}
 for _f in fields(Config):
-    if _f.name == "extra":
+    if _f.name in ("extra", "listeners"):
         continue
     _t = str(_f.type)
     if _t.startswith("int"):
@@ -140,6 +262,15 @@ def config_from_dict(data: dict[str, Any], base: Config | None = None) -> Config
     """A Config from parsed TOML (or any mapping); every key is checked."""
     values: dict[str, Any] = {}
     for key, value in data.items():
+        if key == "listeners":
+            if not isinstance(value, list):
+                raise ConfigError("config key 'listeners' must be an array of tables "
+                                  "([[listeners]]), not " + type(value).__name__)
+            values[key] = tuple(listener_from_dict(item, f"[[listeners]] #{i + 1}")
+                                for i, item in enumerate(value))
+            if "port" not in data:
+                values["port"] = None     # only the listeners, as mosquitto's `listener`
+            continue
         if key not in _TYPES:
             known = ", ".join(sorted(_TYPES))
             raise ConfigError(f"unknown config key '{key}' (known keys: {known})")

@@ -7,9 +7,11 @@ their own and the broker can change how it wires things without touching a handl
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
+from cymqtt.access import AccessControl, Authorizer
 from cymqtt.auth import Auth, Authenticator
+from cymqtt.config import ConfigError
 from cymqtt.metrics import Metrics
 from cymqtt.registry import Registry
 from cymqtt.router import Router
@@ -25,25 +27,61 @@ class Context:
     """:param clock: seconds on a monotonic clock; the one clock of the whole broker (the
         sweep, keep alive, message expiry), so tests can inject their own."""
 
-    __slots__ = ("config", "registry", "router", "retained", "auth", "metrics", "clock")
+    __slots__ = ("config", "registry", "router", "retained", "auth", "access", "metrics",
+                 "clock")
 
     def __init__(self, config: Config, registry: Registry, router: Router, auth: Auth,
-                 metrics: Metrics, clock: Callable[[], float]) -> None:
+                 metrics: Metrics, clock: Callable[[], float],
+                 access: AccessControl | None = None) -> None:
         self.config = config
         self.registry = registry
         self.router = router
         self.retained: RetainStore = router.retained
         self.auth = auth
+        self.access = access if access is not None else AccessControl()
         self.metrics = metrics
         self.clock = clock
 
     @classmethod
     def create(cls, config: Config, authenticators: list[Authenticator] | None = None,
-               clock: Callable[[], float] = time.monotonic) -> Context:
-        """The parts wired as a broker wires them (a test drives ClientProtocols on it)."""
+               clock: Callable[[], float] = time.monotonic,
+               authorizers: list[Authorizer] | None = None,
+               offload: Callable[..., Awaitable] | None = None) -> Context:
+        """The parts wired as a broker wires them (a test drives ClientProtocols on it).
+        Raises ConfigError when the password or ACL file cannot be used."""
         metrics = Metrics(clock())
         router = Router(config.shared_subscription_strategy,
                         retain_available=config.retain_available)
         registry = Registry(config, router, metrics)
-        auth = Auth(config.users, config.allow_anonymous, authenticators)
-        return cls(config, registry, router, auth, metrics, clock)
+        auth = Auth(config.users, config.allow_anonymous, authenticators,
+                    load_password_file(config.password_file), offload)
+        access = AccessControl(load_acl_file(config.acl_file), authorizers)
+        return cls(config, registry, router, auth, metrics, clock, access)
+
+
+def load_password_file(path: str | None):
+    """The password file at `path` (None: none); ConfigError when it cannot be used."""
+    if path is None:
+        return None
+    from cymqtt.passwd import PasswordFile, PasswordFileError
+    try:
+        return PasswordFile.load(path)
+    except (OSError, PasswordFileError) as exc:
+        raise ConfigError(f"password_file: {_why(exc)}") from None
+
+
+def load_acl_file(path: str | None):
+    """The ACL file at `path` (None: none); ConfigError when it cannot be used."""
+    if path is None:
+        return None
+    from cymqtt.acl import AclError, AclFile
+    try:
+        return AclFile.load(path)
+    except (OSError, AclError) as exc:
+        raise ConfigError(f"acl_file: {_why(exc)}") from None
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return f"cannot read {exc.filename}: {exc.strerror}"
+    return str(exc)

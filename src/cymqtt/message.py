@@ -90,7 +90,8 @@ class Message:
     def props_for(self, sub_ids: list | None, now: float) -> dict | None:
         props = dict(self.properties) if self.properties else {}
         if self.expires_at is not None:
-            props[P_MESSAGE_EXPIRY] = max(0, math.ceil(self.expires_at - now))
+            # (rounded to microseconds first: now + 120 - now may be 120.00000000001)
+            props[P_MESSAGE_EXPIRY] = max(0, math.ceil(round(self.expires_at - now, 6)))
         if sub_ids:
             props[P_SUBSCRIPTION_ID] = sub_ids
         return props or None

@@ -23,7 +23,8 @@ class Metrics:
 
     __slots__ = ("bytes_received", "bytes_sent", "messages_received", "messages_sent",
                  "dropped_too_large", "dropped_ended_sessions", "dropped_ended_slow",
-                 "connections_total", "clients_total", "started")
+                 "dropped_refused", "connections_total", "clients_total",
+                 "connections_refused_fd_limit", "started")
 
     def __init__(self, started: float = 0.0) -> None:
         self.bytes_received = 0
@@ -35,8 +36,14 @@ class Metrics:
         # collect()), so the total never goes down when a session goes away.
         self.dropped_ended_sessions = 0
         self.dropped_ended_slow = 0        # the same for QoS 0 dropped to stalled clients
+        # PUBLISHes not routed: denied by the ACL or over the topic limits (MQTT 3.x senders
+        # get them acknowledged: their protocol has no way to refuse one).
+        self.dropped_refused = 0
         self.connections_total = 0         # sockets accepted
         self.clients_total = 0             # CONNACKs with success sent
+        # Accepted and closed at once (or left in the backlog): no file descriptor to spare
+        # (EMFILE/ENFILE; also ENOBUFS/ENOMEM); net/accept.py.
+        self.connections_refused_fd_limit = 0
         self.started = started
 
 
@@ -69,12 +76,15 @@ def collect(metrics: Metrics, registry: Registry, router: Router, connections: i
         "pending_wills": len(registry.pending_wills),
         "messages_received": metrics.messages_received,
         "messages_sent": metrics.messages_sent,
-        "messages_dropped": dropped_queue + dropped_slow + metrics.dropped_too_large,
+        "messages_dropped": dropped_queue + dropped_slow + metrics.dropped_too_large
+        + metrics.dropped_refused,
         "messages_dropped_queue_full": dropped_queue,
         "messages_dropped_slow_consumer": dropped_slow,
         "messages_dropped_too_large": metrics.dropped_too_large,
+        "messages_dropped_refused": metrics.dropped_refused,
         "bytes_received": metrics.bytes_received,
         "bytes_sent": metrics.bytes_sent,
         "connections_total": metrics.connections_total,
         "clients_total": metrics.clients_total,
+        "connections_refused_fd_limit": metrics.connections_refused_fd_limit,
     }

@@ -106,6 +106,10 @@ class Registry:
         for session in self.sessions.values():
             session.observer = self._observer
 
+    def use_config(self, config: Config) -> None:
+        """Sessions created from now on take their limits from `config` (Broker.reload)."""
+        self._config = config
+
     # -- reading -------------------------------------------------------------------------------
 
     def get(self, client_id: str) -> Session | None:

@@ -29,7 +29,10 @@ def split_shared(full_filter: str) -> tuple[str | None, str]:
     return None, full_filter
 
 
+# The match cache's bounds: topics, and subscriptions held by all its lists together (a few
+# topics matching thousands of wildcard filters each must not keep millions of references).
 MATCH_CACHE_SIZE = 10_000
+MATCH_CACHE_REFS = 200_000
 
 
 def _trie_key(sub: Subscription):
@@ -53,19 +56,26 @@ class Router:
         # takes them to slow the publisher down, and route() drops what nobody took.
         self.congested: list[Session] = []
         # topic -> trie.match(topic). Most traffic repeats its topics; any subscribe or
-        # unsubscribe clears it, and it is cleared when it reaches MATCH_CACHE_SIZE topics.
+        # unsubscribe clears it, and it is cleared when it reaches MATCH_CACHE_SIZE topics or
+        # MATCH_CACHE_REFS subscriptions in all.
         self._matches: dict[str, list] = {}
+        self._match_refs = 0
 
     # -- subscriptions -------------------------------------------------------------------------
 
     def subscribe(self, sub: Subscription) -> bool:
         """Add or replace; True when the subscription is new."""
-        self._matches.clear()
+        self._clear_matches()
         return self.trie.subscribe(sub.topic_filter, _trie_key(sub), sub)
 
     def unsubscribe(self, sub: Subscription) -> bool:
-        self._matches.clear()
+        self._clear_matches()
         return self.trie.unsubscribe(sub.topic_filter, _trie_key(sub))
+
+    def _clear_matches(self) -> None:
+        if self._matches:
+            self._matches.clear()
+        self._match_refs = 0
 
     def remove_session(self, session: Session) -> None:
         for sub in session.subscriptions.values():
@@ -93,8 +103,11 @@ class Router:
         subs = matches.get(msg.topic)
         if subs is None:
             subs = self.trie.match(msg.topic)
-            if len(matches) >= MATCH_CACHE_SIZE:
+            refs = self._match_refs + len(subs)
+            if len(matches) >= MATCH_CACHE_SIZE or refs > MATCH_CACHE_REFS:
                 matches.clear()
+                refs = len(subs)
+            self._match_refs = refs
             matches[msg.topic] = subs
         if not subs:
             return 0
@@ -102,9 +115,11 @@ class Router:
             sub = subs[0]
             if sub.group is not None:
                 return self._deliver_shared({(sub.group, sub.topic_filter): subs}, msg, now)
-            if sub.no_local and sub.session.client_id == msg.sender:
-                return 0
             session = sub.session
+            if sub.no_local and session.client_id == msg.sender:
+                return 0
+            if session.access is not None and not session.access.can_receive(msg.topic):
+                return 0
             r = session.deliver(msg, sub.qos if sub.qos < msg.qos else msg.qos,
                                 msg.retain and sub.retain_as_published,
                                 [sub.sub_id] if sub.sub_id else None, now)
@@ -124,6 +139,8 @@ class Router:
                 continue
             session = sub.session
             if sub.no_local and session.client_id == sender:
+                continue
+            if session.access is not None and not session.access.can_receive(msg.topic):
                 continue
             entry = per_session.get(session)
             if entry is None:
@@ -149,7 +166,14 @@ class Router:
 
     def _deliver_shared(self, groups: dict, msg: Message, now: float) -> int:
         n = 0
+        topic = msg.topic
         for key, members in groups.items():
+            if any(m.session.access is not None for m in members):
+                # Only members that may read the topic take part [a denied one never gets it].
+                members = [m for m in members if m.session.access is None
+                           or m.session.access.can_receive(topic)]
+                if not members:
+                    continue
             sub = self.pick(key, members, msg)
             if sub is not None:
                 qos = sub.qos if sub.qos < msg.qos else msg.qos
@@ -172,7 +196,8 @@ class Router:
         group, topic_filter = key
         members = [s for s in self.trie.match(msg.topic)
                    if s.group == group and s.topic_filter == topic_filter
-                   and s.session is not leaving and s.session.client is not None]
+                   and s.session is not leaving and s.session.client is not None
+                   and (s.session.access is None or s.session.access.can_receive(msg.topic))]
         if not members:
             return False
         sub = self.pick(key, members, msg)

@@ -101,8 +101,8 @@ class Will:
 class Session:
     __slots__ = ("client_id", "subscriptions", "window", "inbound", "client", "will",
                  "expiry_interval", "requested_expiry", "expires_at", "version", "waiters",
-                 "last_ack", "receive_maximum", "observer", "backlog", "dropped_slow", "_config",
-                 "__weakref__")
+                 "last_ack", "receive_maximum", "observer", "backlog", "dropped_slow", "access",
+                 "_config", "__weakref__")
 
     def __init__(self, client_id: str, config) -> None:
         self.client_id = client_id
@@ -123,6 +123,9 @@ class Session:
         self.observer = None
         self.backlog: deque[Backlog] | None = None    # retained messages still to send
         self.dropped_slow = 0               # QoS 0 messages dropped while the client stalled
+        # What the client may receive (access.Access, set at CONNECT), None when nothing is
+        # restricted; the router asks it before each delivery.
+        self.access = None
         self._config = config
 
     # -- outbound ------------------------------------------------------------------------------

@@ -25,4 +25,6 @@ def topics(stats: dict[str, int]) -> dict[str, str]:
         "$SYS/broker/bytes/sent": str(stats["bytes_sent"]),
         "$SYS/broker/subscriptions/count": str(stats["subscriptions"]),
         "$SYS/broker/retained messages/count": str(stats["retained_messages"]),
+        # cymqtt's own: connections refused at the open-file limit (net/accept.py)
+        "$SYS/broker/connections/refused/fd limit": str(stats["connections_refused_fd_limit"]),
     }

@@ -103,6 +103,11 @@ class RecordingIO:
     def peer(self) -> str:
         return self._peer
 
+    identity_username = None       # a plain TCP listener's: no certificate identity
+
+    def admit(self) -> str | None:
+        return None
+
     def wake(self) -> None:
         self.wakes += 1
         if not self._flush_scheduled:

@@ -220,7 +220,7 @@ def test_second_connect_5():
 
 
 @pytest.mark.parametrize("name,level", [("MQTT", 6), ("MQTT", 2), ("MQTT", 0x85),
-                                        ("MQIsdp", 4), ("MQIsdp", 5), ("MQTT", 3)])
+                                        ("MQIsdp", 4), ("MQTT", 3)])
 def test_bad_protocol_level(name, level):
     """3.1.1: an unsupported protocol level gets CONNACK 0x01 (unacceptable protocol level),
     then the connection is closed [MQTT-3.1.2-2]. The level is unknown, so the broker cannot
@@ -229,6 +229,19 @@ def test_bad_protocol_level(name, level):
     c = w.client()
     c.send(connect("lvl", version=4, protocol_name=name, level=level))
     assert c.take() == b"\x20\x02\x00\x01"
+    assert c.closed
+    assert w.registry.get("lvl") is None
+
+
+@pytest.mark.parametrize("name", ["MQIsdp", "MQTX", "mqtt"])
+def test_wrong_protocol_name_at_level_5_is_refused_in_the_5_0_format(name):
+    """Level 5 says MQTT 5, whatever the name: the refusal, 0x84 (unsupported protocol
+    version), comes in the 5.0 CONNACK format that client reads; then the connection closes."""
+    w = World()
+    c = w.client()
+    c.send(connect("lvl", version=5, protocol_name=name, level=5))
+    frames = c.take_frames()
+    assert frames[0][0] == 0x20 and frames[0][2:4] == b"\x00\x84"
     assert c.closed
     assert w.registry.get("lvl") is None
 
@@ -322,14 +335,15 @@ def test_password_accepted():
 
 
 @pytest.mark.parametrize("username,password,code", [
-    ("alice", b"wrong", 0x04),
-    ("bob", b"secret", 0x04),
-    ("alice", None, 0x04),
+    ("alice", b"wrong", 0x05),
+    ("bob", b"secret", 0x05),
+    ("alice", None, 0x05),
     (None, None, 0x05),
 ], ids=["bad-password", "unknown-user", "no-password", "anonymous"])
 def test_password_refused_311(username, password, code):
-    """3.1.1: a bad user name or password gets CONNACK 0x04, an anonymous client where none are
-    allowed 0x05 (not authorized) (section 3.2.2.3, table 3.1); session present is 0
+    """3.1.1: a bad user name or password, and an anonymous client where none are allowed, get
+    CONNACK 0x05 (not authorized; table 3.1 also has 0x04, but 0x05 is what mosquitto answers
+    and what clients written against it expect) (section 3.2.2.3); session present is 0
     [MQTT-3.2.2-4] and the connection is closed [MQTT-3.2.2-5]. No session is made."""
     w = secured()
     c = w.client()
@@ -357,14 +371,14 @@ def test_password_refused_5():
 
 def test_anonymous_allowed_with_users():
     """allow_anonymous: a client without a user name connects; a wrong password is still
-    refused (0x04)."""
+    refused (0x05, not authorized, as mosquitto answers)."""
     w = World(Config(sys_interval=0, users={"alice": "secret"}, allow_anonymous=True))
     a = w.client()
     a.send(connect("anon"))
     assert a.take() == b"\x20\x02\x00\x00"
     b = w.client()
     b.send(connect("bad", username="alice", password=b"x"))
-    assert b.take() == b"\x20\x02\x00\x04"
+    assert b.take() == b"\x20\x02\x00\x05"
 
 
 def test_failed_auth_does_not_take_over():
@@ -377,7 +391,7 @@ def test_failed_auth_does_not_take_over():
     assert good.take() == b"\x20\x02\x00\x00"
     bad = w.client()
     bad.send(connect("dev", clean=True, username="alice", password=b"guess"))
-    assert bad.take() == b"\x20\x02\x00\x04"
+    assert bad.take() == b"\x20\x02\x00\x05"
     assert good.open
     assert w.registry.get("dev").client is good.proto
     good.send(PINGREQ_BYTES)

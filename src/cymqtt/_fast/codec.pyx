@@ -730,6 +730,10 @@ cdef class FrameParser:
         cdef int level = cur_u8(c, "CONNECT protocol level")
         if not ((pkt.protocol_name == "MQTT" and (level == 4 or level == 5))
                 or (pkt.protocol_name == "MQIsdp" and level == 3)):
+            if level == 5:
+                # An MQTT 5 client with a wrong protocol name reads the refusal (0x84) only
+                # in the 5.0 CONNACK format.
+                self.version = 5
             raise _Unsupported(f"CONNECT names protocol {pkt.protocol_name!r} level {level}; "
                                f"this broker speaks MQIsdp 3, MQTT 4 and MQTT 5 [MQTT-3.1.2-2]")
         pkt.version = level

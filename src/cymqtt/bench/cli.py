@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MQTT protocol level: 3 (3.1), 4 (3.1.1, default) or 5 (5.0)")
     g.add_argument("-k", "--keepalive", type=int, default=60,
                    help="keep alive in seconds; idle clients PINGREQ within it (default 60)")
+    g.add_argument("-u", "--username", default=None,
+                   help="user name every client sends in CONNECT (with -P: its password)")
+    g.add_argument("-P", "--password", default=None, help="password every client sends")
     g.add_argument("--procs", type=int, default=1,
                    help="worker processes to spread the clients over (default 1)")
     g.add_argument("--ifaddrs", default=None,
@@ -173,6 +176,7 @@ def options(args: argparse.Namespace) -> dict:
     o = {
         "host": args.host, "port": args.port, "version": args.version,
         "keepalive": args.keepalive, "procs": max(1, args.procs), "ifaddrs": args.ifaddrs,
+        "username": args.username, "password": args.password,
         "max_pending": max(1, args.max_pending), "conns_per_addr": max(1, args.conns_per_addr),
         "connect_timeout": args.connect_timeout,
         "client_prefix": args.client_prefix, "interval": max(0.1, args.interval),

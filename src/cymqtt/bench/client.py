@@ -127,7 +127,8 @@ class BenchClient(asyncio.Protocol):
         if self.version == 5 and self.role == "sub":
             props = {P_RECEIVE_MAXIMUM: 65535}
         self.send(encode(Connect(self.client_id, version=self.version, clean_start=True,
-                                 keepalive=self.keepalive, properties=props)))
+                                 keepalive=self.keepalive, properties=props,
+                                 username=w.username, password=w.password)))
 
     def data_received(self, data: bytes) -> None:
         w = self.w

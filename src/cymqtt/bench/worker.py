@@ -65,6 +65,8 @@ class Worker:
         self.port = o["port"]
         self.version = o["version"]
         self.keepalive = o["keepalive"]
+        self.username = o.get("username")
+        self.password = None if o.get("password") is None else o["password"].encode()
         self.qos = o["qos"]
         self.size = o["size"]
         self.rate = float(o["rate"] or 0)

@@ -1,39 +1,101 @@
 """The listeners a broker accepts connections on, built from its config.
 
-Today one TCP listener (`host`, `port`); TLS and WebSocket listeners (`[[listeners]]`) are
-further `Listener` kinds here. Every accepted socket becomes a `net.Connection` driving a
-`ClientProtocol`; the set of open ones is kept here for the sweep and for shutdown.
+The top-level `host`/`port` and each `[[listeners]]` table: plain TCP, or TLS (stdlib `ssl`,
+which asyncio and uvloop both drive) with optional client certificates (mTLS). Every accepted
+socket becomes a `net.Connection` driving a `ClientProtocol`; the set of open ones is kept here
+for the sweep and for shutdown, and the connection counts `max_connections` limits.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cymqtt.net.connection import READ_SIZE, Connection, Endpoint, Flusher
+from cymqtt.config import ConfigError, ListenerConfig
+from cymqtt.net.accept import AcceptServer, start_server
+from cymqtt.net.connection import READ_SIZE, Admission, Connection, Endpoint, Flusher
 
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.config import Config
     from cymqtt.context import Context
 
-__all__ = ["ListenerSet", "ListenerSpec"]
+__all__ = ["ListenerSet", "ListenerSpec", "specs_from_config", "tls_context"]
 
 log = logging.getLogger("cymqtt.net")
 
 
 @dataclass(frozen=True)
 class ListenerSpec:
-    """One listening socket: where, and what it speaks."""
+    """One listening socket: where, what it speaks, and its TLS context (None: plain TCP)."""
 
     name: str
-    host: str
-    port: int
-    protocol: str = "mqtt"
+    config: ListenerConfig
+    ssl: ssl.SSLContext | None = None
+
+    @property
+    def host(self) -> str:
+        return self.config.host
+
+    @property
+    def port(self) -> int:
+        return self.config.port
 
 
 def specs_from_config(config: Config) -> list[ListenerSpec]:
-    return [ListenerSpec("mqtt", config.host, config.port)]
+    """Every listener of `config`, TLS contexts loaded. Raises ConfigError naming the listener
+    and the file when a certificate or key cannot be used."""
+    listeners = list(config.listeners)
+    if config.port is not None:
+        listeners.insert(0, ListenerConfig(config.port, config.host))
+    specs = []
+    names: set[str] = set()
+    for lc in listeners:
+        name = f"{'mqtts' if lc.tls else 'mqtt'}:{lc.port}"
+        if name in names:
+            name = f"{name}@{lc.host}"
+        names.add(name)
+        specs.append(ListenerSpec(name, lc, tls_context(lc, name) if lc.tls else None))
+    return specs
+
+
+def tls_context(lc: ListenerConfig, name: str) -> ssl.SSLContext:
+    """The server-side TLS context of a listener: its certificate chain and key, the CA for
+    client certificates (required or optional), the minimum version and ciphers."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if lc.tls_version == "tlsv1.3" \
+        else ssl.TLSVersion.TLSv1_2
+    for key in ("certfile", "keyfile", "cafile"):
+        path = getattr(lc, key)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"listener {name}: cannot read {key} {path}: "
+                              f"{exc.strerror}") from None
+    try:
+        ctx.load_cert_chain(lc.certfile, lc.keyfile)
+    except ssl.SSLError as exc:
+        raise ConfigError(f"listener {name}: certfile {lc.certfile} and keyfile {lc.keyfile} "
+                          f"are not a PEM certificate and its private key "
+                          f"({exc.reason or exc})") from None
+    if lc.cafile is not None:
+        try:
+            ctx.load_verify_locations(cafile=lc.cafile)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"listener {name}: cafile {lc.cafile} holds no usable PEM CA "
+                              f"certificate ({exc.reason or exc})") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED if lc.require_certificate else ssl.CERT_OPTIONAL
+    if lc.ciphers is not None:
+        try:
+            ctx.set_ciphers(lc.ciphers)
+        except ssl.SSLError:
+            raise ConfigError(f"listener {name}: ciphers {lc.ciphers!r} selects no cipher "
+                              "OpenSSL knows") from None
+    return ctx
 
 
 class ListenerSet:
@@ -43,21 +105,22 @@ class ListenerSet:
         self._ctx = ctx
         self.specs = specs
         self.connections: set[Connection] = set()
-        self._servers: list[tuple[ListenerSpec, asyncio.base_events.Server]] = []
+        self._servers: list[tuple[ListenerSpec, AcceptServer]] = []
         self.flusher: Flusher | None = None
         self._endpoints: dict[str, Endpoint] = {}
+        self.admission = Admission(ctx.config.max_connections)
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind them all; raises OSError (port in use, say) with nothing left bound."""
         self.bind_loop(loop)
         try:
             for spec in self.specs:
-                server = await loop.create_server(
-                    lambda name=spec.name: self.make_connection(name),
-                    spec.host, spec.port, reuse_address=True, backlog=4096)
+                # Accepted by net/accept.py, not loop.create_server: the same behaviour at the
+                # open-file limit on asyncio and uvloop (refused, counted, logged).
+                server = await start_server(
+                    loop, lambda name=spec.name: self.make_connection(name),
+                    spec.host, spec.port, self._ctx.metrics, backlog=4096, ssl=spec.ssl)
                 self._servers.append((spec, server))
-                log.debug("listening on %s:%d (%s)", spec.host, self._port_of(server),
-                          spec.protocol)
         except BaseException:
             self.close()
             raise
@@ -67,22 +130,36 @@ class ListenerSet:
         self.flusher = Flusher(loop, self._ctx.metrics)
         read_buffer = memoryview(bytearray(READ_SIZE))
         self._endpoints = {spec.name: Endpoint(spec.name, self.flusher, self.connections,
-                                               read_buffer)
+                                               read_buffer, spec.config, self.admission)
                            for spec in self.specs}
 
-    def make_connection(self, listener: str = "mqtt") -> Connection:
-        """The asyncio protocol for one accepted socket of `listener` (after bind_loop)."""
+    def make_connection(self, listener: str | None = None) -> Connection:
+        """The asyncio protocol for one accepted socket of `listener` (the first one by
+        default; after bind_loop)."""
         assert self.flusher is not None, "bind_loop() first"
-        return Connection(self._ctx, self._endpoints[listener])
+        return Connection(self._ctx, self._endpoints[listener or self.specs[0].name])
 
     @staticmethod
-    def _port_of(server: asyncio.base_events.Server) -> int:
+    def _port_of(server: AcceptServer) -> int:
         return server.sockets[0].getsockname()[1] if server.sockets else 0
 
     @property
     def bound(self) -> list[tuple[str, str, int]]:
         """(name, host, port) of each bound listener, with the port actually chosen."""
         return [(spec.name, spec.host, self._port_of(server)) for spec, server in self._servers]
+
+    def describe(self) -> list[dict]:
+        """Each bound listener: name, host, port, protocol, tls, mtls, connected clients and
+        its max_connections (for logs, $SYS and the HTTP API)."""
+        out = []
+        for spec, server in self._servers:
+            lc = spec.config
+            out.append({"name": spec.name, "host": lc.host, "port": self._port_of(server),
+                        "protocol": lc.protocol, "tls": spec.ssl is not None,
+                        "mtls": lc.require_certificate,
+                        "clients": self._endpoints[spec.name].active,
+                        "max_connections": lc.max_connections})
+        return out
 
     def close(self) -> None:
         """Stop accepting (open connections stay until the broker closes them)."""

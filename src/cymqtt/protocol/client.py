@@ -28,12 +28,14 @@ from cymqtt.consts import (
     AUTH, CONN_ACTIVE, CONN_CLOSING, CONN_NEW, CONNECT, DISCONNECT, P_REASON_STRING,
     P_TOPIC_ALIAS, PINGREQ, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, RC_BAD_USER_NAME_OR_PASSWORD,
     RC_BAD_AUTHENTICATION_METHOD, RC_BANNED, RC_CLIENT_IDENTIFIER_NOT_VALID,
-    RC_IMPLEMENTATION_SPECIFIC_ERROR, RC_NOT_AUTHORIZED, RC_PROTOCOL_ERROR, RC_SERVER_BUSY,
+    RC_IMPLEMENTATION_SPECIFIC_ERROR, RC_NOT_AUTHORIZED, RC_PROTOCOL_ERROR, RC_QUOTA_EXCEEDED,
+    RC_SERVER_BUSY,
     RC_SERVER_MOVED, RC_SERVER_UNAVAILABLE, RC_UNSUPPORTED_PROTOCOL_VERSION,
     RC_USE_ANOTHER_SERVER, SUBSCRIBE, UNSUBSCRIBE,
 )
 from cymqtt.protocol import connect, control, publish, subscribe
-from cymqtt.protocol.errors import ProtocolViolation
+from cymqtt.protocol.connect import CONN_LOG
+from cymqtt.protocol.errors import ProtocolViolation, reason_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.context import Context
@@ -50,12 +52,15 @@ V3_CONNACK = {
     RC_CLIENT_IDENTIFIER_NOT_VALID: 0x02,
     RC_SERVER_UNAVAILABLE: 0x03,
     RC_SERVER_BUSY: 0x03,
-    RC_BAD_USER_NAME_OR_PASSWORD: 0x04,
+    # 0x05 (not authorized), not 0x04: what mosquitto answers, and what clients written
+    # against it check for a wrong password.
+    RC_BAD_USER_NAME_OR_PASSWORD: 0x05,
     RC_NOT_AUTHORIZED: 0x05,
     RC_BAD_AUTHENTICATION_METHOD: 0x05,
     RC_USE_ANOTHER_SERVER: 0x03,
     RC_SERVER_MOVED: 0x03,
     RC_BANNED: 0x05,
+    RC_QUOTA_EXCEEDED: 0x03,
 }
 
 # Bytes one connection may gather in its outbox within one loop iteration before it counts as
@@ -73,6 +78,15 @@ class ClientIO(Protocol):
     @property
     def peer(self) -> str:
         """"host:port" of the client, for logs."""
+
+    @property
+    def identity_username(self) -> str | None:
+        """On a listener whose certificates name their users: the client certificate's CN
+        ("" without one); None elsewhere."""
+
+    def admit(self) -> str | None:
+        """Take a client slot under the listener's and the broker's max_connections, once per
+        CONNECT; the reason when they are full."""
 
     def wake(self) -> None:
         """Frames are waiting: call `data_to_send()` and write them within this loop tick."""
@@ -126,7 +140,8 @@ class ClientProtocol:
         "last_rx", "created", "outbox", "out_bytes", "writable", "tx_paused", "paused_since",
         "max_packet_out", "aliases_in", "aliases_out", "alias_out_max", "problem_info",
         "receive_maximum", "username", "auth",
-        "throttled", "throttles", "waiting", "pending", "received", "sent",
+        "throttled", "throttles", "waiting", "pending", "received", "sent", "rate",
+        "logged", "close_reason",
     )
 
     def __init__(self, ctx: Context, io: ClientIO) -> None:
@@ -158,6 +173,11 @@ class ClientProtocol:
         self.pending: list | None = None      # parsed packets held while throttled or waiting
         self.received = 0                     # PUBLISH packets from this client
         self.sent = 0                         # PUBLISH packets to this client
+        self.rate = None                      # publish.TokenBucket under max_publish_rate
+        # Connection messages: "New client connected" was logged (so its end is logged too),
+        # and why the connection ends ("disconnected: keep alive timeout"), once known.
+        self.logged = False
+        self.close_reason: str | None = None
 
     @property
     def peer(self) -> str:
@@ -171,7 +191,6 @@ class ClientProtocol:
         if self.state == CONN_CLOSING:
             return
         ctx = self.ctx
-        self.last_rx = ctx.clock()
         ctx.metrics.bytes_received += len(data)
         if self.state == CONN_NEW and self.pending is None and data and data[0] != 0x10 \
                 and not self.parser.buffered:
@@ -180,6 +199,10 @@ class ClientProtocol:
             self.fail(RC_PROTOCOL_ERROR, "the first packet is not CONNECT [MQTT-3.1.0-1]")
             return
         packets = self.parser.feed(data)
+        if packets:
+            # Keep alive counts complete packets: a client that trickles the bytes of one
+            # packet is as silent as one that sends nothing [MQTT-3.1.2-24].
+            self.last_rx = ctx.clock()
         if self.pending is not None:       # still working through an earlier chunk
             self.pending.extend(packets)
             return
@@ -293,10 +316,21 @@ class ClientProtocol:
             # (A closing connection sends nothing: what waits stays with the session.)
             self.session.release(self.ctx.clock())
 
-    def connection_lost(self) -> None:
-        """The socket is closed (by either side): the session is detached, its will handled."""
+    def connection_lost(self, exc: BaseException | None = None) -> None:
+        """The socket is closed (by either side; `exc` the socket error, if any): the session
+        is detached, its will handled."""
         self.state = CONN_CLOSING
         self.outbox = None
+        if self.logged:
+            self.logged = False
+            why = self.close_reason
+            if why is None:
+                why = "closed its connection" if exc is None else \
+                    f"disconnected: socket error: {exc}"
+            CONN_LOG.info("Client %s %s", self.client_id, why)
+        self._detach()
+
+    def _detach(self) -> None:
         session = self.session
         if session is None or session.client is not self:
             return
@@ -393,8 +427,11 @@ class ClientProtocol:
         extra MQTT 5 properties for that packet (a server reference, say)."""
         if self.state == CONN_CLOSING:
             return
-        log.info("client %s (%s): %s (reason 0x%02X); closing", self.client_id or "<new>",
-                 self.peer, text, reason_code)
+        if self.logged and self.close_reason is None:     # said once, when it is gone
+            self.close_reason = f"disconnected: {text} ({reason_name(reason_code)})"
+        else:
+            log.info("client %s (%s): %s (reason 0x%02X); closing", self.client_id or "<new>",
+                     self.peer, text, reason_code)
         version = self.parser.version or self.version
         if version == 5:
             props = self._with_reason(props, text)
@@ -411,26 +448,30 @@ class ClientProtocol:
         self.close()
 
     def disconnect(self, reason_code: int, text: str | None = None,
-                   props: dict | None = None) -> None:
+                   props: dict | None = None, why: str | None = None) -> None:
         """Close on the broker's initiative (keep alive, shutdown); MQTT 5 clients get a
-        DISCONNECT with `reason_code` first. The will is published, as for a lost connection."""
+        DISCONNECT with `reason_code` first. The will is published, as for a lost connection.
+        `why` is for the log ("disconnected: why"; default `text`)."""
         if self.state == CONN_CLOSING:
             return
+        if self.close_reason is None:
+            self.close_reason = f"disconnected: {why or text or reason_name(reason_code)}"
         if self.version == 5 and self.state == CONN_ACTIVE:
             self.send(encode(Disconnect(reason_code, self._with_reason(props, text)), 5))
         self.close()
 
-    def shutdown(self, reason_code: int, text: str, props: dict | None = None) -> None:
+    def shutdown(self, reason_code: int, text: str, props: dict | None = None,
+                 why: str | None = None) -> None:
         """The broker stops: disconnect without publishing the will."""
         if self.session is not None and self.session.client is self:
             self.ctx.registry.discard_will(self.session)
-        self.disconnect(reason_code, text, props)
+        self.disconnect(reason_code, text, props, why)
 
     def kick(self, reason_code: int, text: str) -> None:
         """The registry gave this connection's session to a newer one (takeover): close it,
         leaving the session alone."""
         self.session = None
-        self.disconnect(reason_code, text)
+        self.disconnect(reason_code, text, why="session taken over by a newer connection")
 
     def _with_reason(self, props: dict | None, text: str | None) -> dict | None:
         # MQTT 5: a reason string goes with the reason code unless the client asked for no
@@ -447,8 +488,14 @@ class ClientProtocol:
             return
         self.state = CONN_CLOSING
         self.io.close()
+        # Done with the session now, not when the socket is gone (it lingers a moment to
+        # let the peer read what was written last: net.Connection.close).
+        self._detach()
 
-    def abort(self) -> None:
+    def abort(self, why: str | None = None) -> None:
+        """Close now, dropping what is queued; `why` is for the log."""
+        if why is not None and self.close_reason is None:
+            self.close_reason = f"disconnected: {why}"
         self.state = CONN_CLOSING
         self.outbox = None
         self.io.abort()

@@ -7,6 +7,7 @@ client's input meanwhile); and the session, taken from the registry, with CONNAC
 """
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import TYPE_CHECKING, Callable
 
@@ -19,17 +20,25 @@ from cymqtt.consts import (
     P_SERVER_REFERENCE, P_SESSION_EXPIRY, P_SHARED_AVAILABLE, P_SUB_ID_AVAILABLE,
     P_TOPIC_ALIAS_MAXIMUM, P_WILDCARD_AVAILABLE, P_WILL_DELAY, RC_BAD_AUTHENTICATION_METHOD,
     RC_CLIENT_IDENTIFIER_NOT_VALID, RC_CONTINUE_AUTHENTICATION, RC_NOT_AUTHORIZED,
-    RC_PROTOCOL_ERROR, RC_QOS_NOT_SUPPORTED, RC_REAUTHENTICATE, RC_RETAIN_NOT_SUPPORTED,
+    RC_PROTOCOL_ERROR, RC_QOS_NOT_SUPPORTED, RC_QUOTA_EXCEEDED, RC_REAUTHENTICATE, RC_RETAIN_NOT_SUPPORTED,
     RC_SERVER_MOVED, RC_SUCCESS, RC_USE_ANOTHER_SERVER,
 )
 from cymqtt.message import Message
 from cymqtt.protocol.errors import ProtocolViolation
+from cymqtt.protocol.publish import TokenBucket
 from cymqtt.session import Will
 
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.protocol.client import ClientProtocol
 
-__all__ = ["EnhancedAuth", "handle_auth", "handle_before_connect", "handle_connect"]
+__all__ = ["CONN_LOG", "EnhancedAuth", "handle_auth", "handle_before_connect", "handle_connect",
+           "keepalive_for"]
+
+# Connection messages (config `connection_messages`): one line per connect and disconnect.
+CONN_LOG = logging.getLogger("cymqtt.connections")
+_MOSQ_PROTOCOL = {3: 1, 4: 2, 5: 5}     # protocol level -> mosquitto's "p" number
+
+log = logging.getLogger("cymqtt.protocol")
 
 
 class EnhancedAuth:
@@ -88,6 +97,17 @@ def handle_connect(proto: ClientProtocol, pkt) -> None:
                                 "MQTT 3.1 client identifiers are 1..23 characters")
     proto.client_id = client_id
     proto.username = pkt.username
+    full = proto.io.admit()
+    if full is not None:
+        raise ProtocolViolation(RC_QUOTA_EXCEEDED, full)
+    identity = proto.io.identity_username
+    if identity is not None:
+        # use_identity_as_username: the certificate is the credential (the password file is
+        # not used on this listener, as in mosquitto).
+        if not identity:
+            raise ProtocolViolation(RC_NOT_AUTHORIZED, "no client certificate to take the user "
+                                                       "name from")
+        proto.username = identity
 
     method = props.get(P_AUTH_METHOD) if version == 5 else None
     if method is not None:
@@ -107,6 +127,9 @@ def handle_connect(proto: ClientProtocol, pkt) -> None:
                                     step.reason or "not authorized")
         _complete_connect(proto, pkt, assigned, None)
 
+    if identity is not None:
+        _complete_connect(proto, pkt, assigned, None)
+        return
     _decide(proto, ctx.auth.check(pkt.username, pkt.password), checked)
 
 
@@ -169,15 +192,22 @@ def _complete_connect(proto: ClientProtocol, pkt, assigned: str | None,
         d = config.session_expiry_default
         expiry = NEVER if d is None else d
 
+    keepalive = keepalive_for(pkt.keepalive, version, config)   # may refuse: before the session
+    access = ctx.access.for_client(client_id, proto.username)
     will = _make_will(client_id, pkt) if pkt.will_topic is not None else None
+    if will is not None and access is not None and not access.can_publish(pkt.will_topic):
+        # As mosquitto: the CONNECT is accepted, the will it may not publish never is.
+        log.info("client %s: the ACL does not let it publish its will topic %r; the will is "
+                 "dropped", client_id, pkt.will_topic)
+        will = None
     session, session_present = ctx.registry.connect(
         proto, client_id, bool(pkt.clean_start), version, expiry,
         props.get(P_SESSION_EXPIRY, 0) if version == 5 else expiry, will, now)
     proto.session = session
+    session.access = access
+    if config.max_publish_rate:
+        proto.rate = TokenBucket(config.max_publish_rate, now)
 
-    keepalive = pkt.keepalive
-    if config.server_keep_alive is not None:
-        keepalive = config.server_keep_alive
     proto.keepalive = keepalive
 
     ack_props = None
@@ -199,8 +229,8 @@ def _complete_connect(proto: ClientProtocol, pkt, assigned: str | None,
             ack_props[P_SHARED_AVAILABLE] = 0
         if assigned:
             ack_props[P_ASSIGNED_CLIENT_ID] = assigned
-        if config.server_keep_alive is not None:
-            ack_props[P_SERVER_KEEP_ALIVE] = config.server_keep_alive
+        if keepalive != pkt.keepalive or config.server_keep_alive is not None:
+            ack_props[P_SERVER_KEEP_ALIVE] = keepalive
         if expiry != props.get(P_SESSION_EXPIRY, 0):
             ack_props[P_SESSION_EXPIRY] = expiry
         if props.get(P_REQUEST_RESPONSE_INFO) and config.response_information is not None:
@@ -211,8 +241,35 @@ def _complete_connect(proto: ClientProtocol, pkt, assigned: str | None,
     proto.send(encode(ConnAck(session_present, RC_SUCCESS, ack_props), version))
     proto.state = CONN_ACTIVE
     ctx.metrics.clients_total += 1
+    if config.connection_messages and CONN_LOG.isEnabledFor(logging.INFO):
+        proto.logged = True
+        # mosquitto's line: p2 = MQTT 3.1.1 (p1 3.1, p5 5.0), c = clean start, k = keep
+        # alive; e = session expiry when there is one, u = the user name.
+        CONN_LOG.info("New client connected from %s as %s (p%d, c%d%s, k%d%s)",
+                      proto.peer, client_id, _MOSQ_PROTOCOL.get(version, 5),
+                      1 if pkt.clean_start else 0,
+                      "" if not expiry else ", e" + ("never" if expiry >= NEVER else
+                                                     str(expiry)),
+                      keepalive, "" if proto.username is None else f", u'{proto.username}'")
     if session_present:
         session.resume(now)
+
+
+def keepalive_for(asked: int, version: int, config) -> int:
+    """The keep alive a client gets: `server_keep_alive` when set; else the client's, capped
+    at `max_keepalive` (0, "none", counts as above it), as mosquitto does. MQTT 3.x has no way
+    to tell the client, so one asking for more than the cap is refused [CVE-2020-13849]."""
+    if config.server_keep_alive is not None:
+        return config.server_keep_alive
+    cap = config.max_keepalive
+    if cap and cap < 65535 and (asked > cap or asked == 0):
+        if version < 5:
+            raise ProtocolViolation(
+                RC_CLIENT_IDENTIFIER_NOT_VALID,
+                f"keep alive {asked} s is {'none' if asked == 0 else 'above'} the broker's "
+                f"max_keepalive {cap} s (MQTT 3.x clients must ask for 1 .. {cap})")
+        return cap
+    return asked
 
 
 def _make_will(client_id: str, pkt) -> Will:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 from cymqtt.consts import (
     CONN_ACTIVE, P_SESSION_EXPIRY, RC_DISCONNECT_WITH_WILL, RC_PROTOCOL_ERROR,
 )
-from cymqtt.protocol.errors import ProtocolViolation
+from cymqtt.protocol.errors import ProtocolViolation, reason_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.protocol.client import ClientProtocol
@@ -35,6 +35,9 @@ def handle_disconnect(proto: ClientProtocol, pkt) -> None:
     # Reason 0x04: disconnect with will message; anything else discards the will.
     if pkt.reason_code != RC_DISCONNECT_WITH_WILL:
         proto.ctx.registry.discard_will(session)
+    if proto.logged:
+        proto.close_reason = "disconnected" if proto.version < 5 else \
+            f"disconnected ({reason_name(pkt.reason_code)})"
     proto.close()
 
 

@@ -1,7 +1,9 @@
-"""The one exception a handler raises: a client broke a rule."""
+"""The one exception a handler raises: a client broke a rule; and reason codes named for logs."""
 from __future__ import annotations
 
-__all__ = ["ProtocolViolation"]
+from cymqtt._fast.consts import ReasonCode
+
+__all__ = ["ProtocolViolation", "reason_name"]
 
 
 class ProtocolViolation(Exception):
@@ -13,3 +15,14 @@ class ProtocolViolation(Exception):
         super().__init__(text)
         self.reason_code = reason_code
         self.props = props
+
+
+def reason_name(code: int) -> str:
+    """"0x8D keep alive timeout": an MQTT 5 reason code, for logs."""
+    if code == 0:
+        return "0x00 normal disconnection"
+    try:
+        name = ReasonCode(code).name.lower().replace("_", " ")
+    except ValueError:
+        name = "unknown reason"
+    return f"0x{code:02X} {name}"

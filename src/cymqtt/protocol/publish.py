@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 
 from cymqtt._fast.codec import encode_ack
 from cymqtt.consts import (
-    P_PAYLOAD_FORMAT, P_SUBSCRIPTION_ID, P_TOPIC_ALIAS, PUBACK, PUBCOMP, PUBREC, PUBREL,
-    RC_NO_MATCHING_SUBSCRIBERS, RC_NOT_AUTHORIZED, RC_PACKET_IDENTIFIER_NOT_FOUND,
-    RC_PAYLOAD_FORMAT_INVALID, RC_PROTOCOL_ERROR, RC_QOS_NOT_SUPPORTED,
-    RC_RECEIVE_MAXIMUM_EXCEEDED, RC_RETAIN_NOT_SUPPORTED, RC_SUCCESS, RC_TOPIC_ALIAS_INVALID,
+    CONN_CLOSING, P_PAYLOAD_FORMAT, P_SUBSCRIPTION_ID, P_TOPIC_ALIAS, PUBACK, PUBCOMP, PUBREC,
+    PUBREL, RC_MESSAGE_RATE_TOO_HIGH, RC_NO_MATCHING_SUBSCRIBERS, RC_NOT_AUTHORIZED,
+    RC_PACKET_IDENTIFIER_NOT_FOUND, RC_PAYLOAD_FORMAT_INVALID, RC_PROTOCOL_ERROR,
+    RC_QOS_NOT_SUPPORTED, RC_RECEIVE_MAXIMUM_EXCEEDED, RC_RETAIN_NOT_SUPPORTED, RC_SUCCESS,
+    RC_TOPIC_ALIAS_INVALID, RC_TOPIC_NAME_INVALID,
 )
 from cymqtt.message import Message
 from cymqtt.protocol.errors import ProtocolViolation
@@ -22,7 +23,7 @@ from cymqtt.protocol.errors import ProtocolViolation
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.protocol.client import ClientProtocol
 
-__all__ = ["handle_ack", "handle_puback", "handle_publish", "route"]
+__all__ = ["TokenBucket", "handle_ack", "handle_puback", "handle_publish", "route"]
 
 log = logging.getLogger("cymqtt.protocol")
 
@@ -53,6 +54,30 @@ def _hold(proto: ClientProtocol, router) -> None:
         proto.throttle(THROTTLE_MAX)
 
 
+class TokenBucket:
+    """max_publish_rate for one client: `rate` PUBLISH packets per second, bursts of up to a
+    second's worth (ClientProtocol.rate; None without a limit)."""
+
+    __slots__ = ("rate", "tokens", "last")
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self.tokens = max(rate, 1.0)
+        self.last = now
+
+    def take(self, now: float) -> bool:
+        """Spend a token; False when there was none (the packet is over the rate)."""
+        tokens = self.tokens + (now - self.last) * self.rate
+        cap = max(self.rate, 1.0)
+        self.tokens = (tokens if tokens < cap else cap) - 1.0
+        self.last = now
+        return self.tokens >= 0.0
+
+    def wait(self) -> float:
+        """Seconds until a token is there again."""
+        return max(-self.tokens, 0.0) / self.rate + 1.0 / self.rate
+
+
 def handle_publish(proto: ClientProtocol, pkt) -> None:
     ctx = proto.ctx
     config = ctx.config
@@ -75,6 +100,10 @@ def handle_publish(proto: ClientProtocol, pkt) -> None:
                                                          "[MQTT-3.2.2-14]")
     ctx.metrics.messages_received += 1
     proto.received += 1
+    if proto.rate is not None and not proto.rate.take(ctx.clock()):
+        _over_rate(proto)
+        if proto.state == CONN_CLOSING:
+            return
     if props is not None and props.get(P_PAYLOAD_FORMAT) == 1 and \
             config.validate_utf8_payload and not _is_utf8(pkt.payload):
         # Chosen over DISCONNECT: the sender learns which message was refused, and keeps its
@@ -85,12 +114,23 @@ def handle_publish(proto: ClientProtocol, pkt) -> None:
             proto.send(encode_ack(PUBACK if qos == 1 else PUBREC, pkt.packet_id,
                                   RC_PAYLOAD_FORMAT_INVALID, None, 5))
         return
-    if topic[0] == "$":
-        # Clients cannot publish to $-topics ($SYS belongs to the broker).
+    access = proto.session.access
+    if topic[0] == "$" and (access is None or not access.decides_dollar_topics):
+        # Clients cannot publish to $-topics ($SYS belongs to the broker), unless an ACL file
+        # says otherwise (as in mosquitto, it never lets them write $SYS but for bridges'
+        # connection state).
         log.debug("client %s: PUBLISH to %r refused ($-topic)", proto.client_id, topic)
         if qos:
             proto.send(encode_ack(PUBACK if qos == 1 else PUBREC, pkt.packet_id,
                                   RC_NOT_AUTHORIZED, None, proto.version))
+        return
+    if len(topic) >= config.max_topic_levels and (len(topic) > config.max_topic_length or
+                                                  topic.count("/") >= config.max_topic_levels):
+        _refuse(proto, pkt, RC_TOPIC_NAME_INVALID, "its topic is longer or deeper than "
+                                                   "max_topic_length/max_topic_levels allow")
+        return
+    if access is not None and not access.can_publish(topic):
+        _refuse(proto, pkt, RC_NOT_AUTHORIZED, "the ACL does not let it publish there")
         return
     now = ctx.clock()
     msg = Message(topic, pkt.payload, qos, pkt.retain, None, None, proto.client_id) \
@@ -115,6 +155,26 @@ def handle_publish(proto: ClientProtocol, pkt) -> None:
         if r:
             route(proto, msg, now)
         proto.send(encode_ack(PUBREC, pkt.packet_id, RC_SUCCESS, None, proto.version))
+
+
+def _refuse(proto: ClientProtocol, pkt, reason_code: int, why: str) -> None:
+    # A PUBLISH the broker will not route: MQTT 5 says so in PUBACK/PUBREC; MQTT 3.x has no
+    # way to, so the message is acknowledged and dropped (as mosquitto does). Counted.
+    proto.ctx.metrics.dropped_refused += 1
+    log.debug("client %s: PUBLISH to %r dropped: %s", proto.client_id, pkt.topic, why)
+    if pkt.qos:
+        proto.send(encode_ack(PUBACK if pkt.qos == 1 else PUBREC, pkt.packet_id,
+                              reason_code if proto.version == 5 else RC_SUCCESS, None,
+                              proto.version))
+
+
+def _over_rate(proto: ClientProtocol) -> None:
+    # Past max_publish_rate: MQTT 5 clients are disconnected (0x96); MQTT 3.x clients are
+    # not read until the bucket has a token again, so TCP slows them down.
+    if proto.version == 5:
+        proto.disconnect(RC_MESSAGE_RATE_TOO_HIGH, "message rate too high")
+    else:
+        proto.throttle(proto.rate.wait())
 
 
 def _is_utf8(payload: bytes) -> bool:

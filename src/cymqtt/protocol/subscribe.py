@@ -2,12 +2,14 @@
 messages a new subscription receives."""
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from cymqtt._fast.codec import SubAck, encode
 from cymqtt.consts import (
-    P_SUBSCRIPTION_ID, RC_NO_SUBSCRIPTION_EXISTED, RC_SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
-    RC_SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED, RC_SUCCESS, RC_UNSPECIFIED_ERROR,
+    P_SUBSCRIPTION_ID, RC_NO_SUBSCRIPTION_EXISTED, RC_NOT_AUTHORIZED, RC_QUOTA_EXCEEDED,
+    RC_SHARED_SUBSCRIPTIONS_NOT_SUPPORTED, RC_SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+    RC_SUCCESS, RC_TOPIC_FILTER_INVALID, RC_UNSPECIFIED_ERROR,
     RC_WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED, SUBACK, UNSUBACK,
 )
 from cymqtt.protocol.errors import ProtocolViolation
@@ -18,6 +20,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.protocol.client import ClientProtocol
 
 __all__ = ["handle_subscribe", "handle_unsubscribe"]
+
+log = logging.getLogger("cymqtt.protocol")
 
 
 def handle_subscribe(proto: ClientProtocol, pkt) -> None:
@@ -34,8 +38,22 @@ def handle_subscribe(proto: ClientProtocol, pkt) -> None:
         sub_id = pkt.properties[P_SUBSCRIPTION_ID][0]
     codes = []
     retained: list = []
+    access = session.access
+    limit = config.max_subscriptions_per_client
     for full_filter, options in pkt.topics:
         group, topic_filter = split_shared(full_filter)
+        if len(topic_filter) > config.max_topic_length or \
+                topic_filter.count("/") >= config.max_topic_levels:
+            codes.append(RC_TOPIC_FILTER_INVALID)
+            continue
+        if access is not None and not access.can_subscribe(topic_filter):
+            log.debug("client %s: SUBSCRIBE %r denied by the ACL", proto.client_id, full_filter)
+            codes.append(RC_NOT_AUTHORIZED)
+            continue
+        if limit and len(session.subscriptions) >= limit and \
+                full_filter not in session.subscriptions:
+            codes.append(RC_QUOTA_EXCEEDED)
+            continue
         if group is not None and not config.shared_subscription_available:
             codes.append(RC_SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
             continue
@@ -56,13 +74,18 @@ def handle_subscribe(proto: ClientProtocol, pkt) -> None:
         codes = [c if c < 0x80 else RC_UNSPECIFIED_ERROR for c in codes]
     proto.send(encode(SubAck(SUBACK, pkt.packet_id, codes), proto.version))
     store = ctx.retained
+    current = store.get
+    if access is not None:
+        def current(topic: str, get=store.get):
+            # A retained message the client may not read counts as gone.
+            return get(topic) if access.can_receive(topic) else None
     for sub in retained:
         # Streamed as the client's socket and window take them (Session.add_backlog): all of
         # them, however many, without holding the loop for others.
         messages = store.match(sub.topic_filter, now)
         if messages:
             session.add_backlog(Backlog(messages, sub.qos, [sub.sub_id] if sub.sub_id else None,
-                                        store.get), now)
+                                        current), now)
 
 
 def handle_unsubscribe(proto: ClientProtocol, pkt) -> None:

@@ -1,0 +1,64 @@
+"""Where the broker's log goes (`log_dest`) and at what level (`log_level`), as mosquitto's
+`log_dest` does: stderr, stdout, a file, syslog, or nowhere.
+
+    logs.setup(config)            # the `cymqtt` command, once, before the broker starts
+    logs.set_level("debug")       # Broker.reload: a new level for the "cymqtt" loggers
+
+A leaf module (stdlib only): every layer may import it. Embedders keep their own logging set-up
+and never call `setup`.
+"""
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+
+__all__ = ["FORMAT", "make_handler", "set_level", "setup"]
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+SYSLOG_SOCKET = "/dev/log"
+
+_installed: logging.Handler | None = None
+
+
+def make_handler(dest: str) -> logging.Handler:
+    """The handler for a `log_dest` value. Raises OSError when a file cannot be opened."""
+    if dest == "stdout":
+        return logging.StreamHandler(sys.stdout)
+    if dest == "none":
+        return logging.NullHandler()
+    if dest.startswith("file:"):
+        return logging.FileHandler(dest[5:], encoding="utf-8")
+    if dest == "syslog":
+        if os.path.exists(SYSLOG_SOCKET):
+            handler: logging.Handler = logging.handlers.SysLogHandler(address=SYSLOG_SOCKET)
+        else:   # no local syslog daemon socket: the syslog port on this machine
+            handler = logging.handlers.SysLogHandler()
+        handler.setFormatter(logging.Formatter("cymqtt[%(process)d]: %(levelname)s "
+                                               "%(name)s: %(message)s"))
+        return handler
+    return logging.StreamHandler(sys.stderr)
+
+
+def setup(log_level: str, log_dest: str = "stderr") -> None:
+    """Send the root logger to `log_dest` at `log_level` (replacing what an earlier call
+    installed)."""
+    global _installed
+    handler = make_handler(log_dest)
+    if handler.formatter is None:
+        handler.setFormatter(logging.Formatter(FORMAT))
+    root = logging.getLogger()
+    if _installed is not None:
+        root.removeHandler(_installed)
+        _installed.close()
+    root.addHandler(handler)
+    _installed = handler
+    root.setLevel(getattr(logging, log_level.upper()))
+    set_level(log_level)
+
+
+def set_level(log_level: str) -> None:
+    """The level of the "cymqtt" loggers (the broker's own), e.g. on a reload; their records
+    reach the root logger's handlers whatever the root logger's own level."""
+    logging.getLogger("cymqtt").setLevel(getattr(logging, log_level.upper()))
