@@ -11,7 +11,7 @@ out=build/sdist-venv
 rm -rf "$out"
 "$python" -m venv "$out"
 "$out/bin/python" -m pip install -q --disable-pip-version-check "$sdist" \
-  pytest pytest-timeout hypothesis paho-mqtt >build/sdist-install.log 2>&1 \
+  pytest pytest-timeout hypothesis paho-mqtt trustme >build/sdist-install.log 2>&1 \
   || { cat build/sdist-install.log; exit 1; }
 (cd "$out" && bin/python -c "import cymqtt, cymqtt._fast; print('test-sdist: imports', cymqtt.__file__)")
 "$out/bin/python" scripts/test_wheel.py --project . "$@"
