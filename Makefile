@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.cymqtt-deps
 
-.PHONY: run test bench microbench build venv tools clean debug
+.PHONY: run test testinstalled wheel bench microbench build venv tools clean debug
 
 run: build
 	$(PY) -m cymqtt $(ARGS)
@@ -13,6 +13,19 @@ run: build
 test: build tools
 	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
 	$(PY) -m pytest -q -p no:cacheprovider --loop=uvloop --ignore=tests/fast --ignore=tests/protocol $(ARGS)
+	$(MAKE) testinstalled
+
+# The release wheel for the venv's Python, installed in a fresh venv with no compiler on PATH:
+# its file list, the _fast tests and a mosquitto_pub/sub round trip against the installed
+# `cymqtt` (TESTINSTALLED_FULL=1: the whole suite). About a minute; scripts/testinstalled.sh.
+testinstalled: $(STAMP) tools
+	PY=$(PY) ./scripts/testinstalled.sh
+
+# The sdist and one manylinux wheel per CPython found here (3.11-3.14) into wheels/, each built
+# from the sdist, repaired and stripped by auditwheel; WHEEL_TEST=1 (or =full) then installs
+# and tests each one with no compiler on PATH. scripts/build-wheels.sh.
+wheel: $(STAMP)
+	PY=$(PY) ./scripts/build-wheels.sh
 
 # cymqtt beside mosquitto, every scenario (about 13 minutes): writes benchmarks/results/<date>.md
 # (ARGS="--quick" for 4 s scenarios), after the compiled-core microbenchmarks.
@@ -41,5 +54,5 @@ tools:
 	./scripts/install-test-tools.sh
 
 clean:
-	rm -rf build src/*.egg-info src/cymqtt/_fast/*.c src/cymqtt/_fast/*.so src/cymqtt/_fast/*.html \
+	rm -rf build wheels/*.whl wheels/*.tar.gz src/*.egg-info src/cymqtt/_fast/*.c src/cymqtt/_fast/*.so src/cymqtt/_fast/*.html \
 		src/cymqtt/bench/*.c src/cymqtt/bench/*.so src/cymqtt/bench/*.html
