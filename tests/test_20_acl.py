@@ -164,19 +164,7 @@ def start_mosquitto(tmp_path, acl_text: str) -> tuple[subprocess.Popen, int]:
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nsys_interval 1\n"
                     f"user {getpass.getuser()}\nacl_file {tmp_path / 'acl'}\n")
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc, port
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.05)
-    proc.terminate()
-    raise RuntimeError("mosquitto did not start: " + proc.stderr.read().decode())
+    return _serving([MOSQUITTO, "-c", str(conf)], port, "mosquitto")
 
 
 def start_cymqtt(tmp_path, acl_text: str) -> tuple[subprocess.Popen, int]:
@@ -185,9 +173,13 @@ def start_cymqtt(tmp_path, acl_text: str) -> tuple[subprocess.Popen, int]:
     (tmp_path / "acl").write_text(acl_text)
     conf = tmp_path / "cymqtt.toml"
     conf.write_text(f'port = {port}\nsys_interval = 1\nacl_file = "{tmp_path / "acl"}"\n')
-    proc = subprocess.Popen([sys.executable, "-m", "cymqtt", "-c", str(conf),
-                             "--log-level", "warning"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    return _serving([sys.executable, "-m", "cymqtt", "-c", str(conf), "--log-level", "warning"],
+                    port, "cymqtt")
+
+
+def _serving(cmd: list[str], port: int, name: str) -> tuple[subprocess.Popen, int]:
+    # Start the broker and wait (10 s at most) until it accepts connections on `port`.
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -198,7 +190,7 @@ def start_cymqtt(tmp_path, acl_text: str) -> tuple[subprocess.Popen, int]:
                 break
             time.sleep(0.05)
     proc.terminate()
-    raise RuntimeError("cymqtt did not start: " + proc.stderr.read().decode())
+    raise RuntimeError(f"{name} did not start: " + proc.stderr.read().decode())
 
 
 class Probe:

@@ -61,24 +61,23 @@ class Context:
 
 def load_password_file(path: str | None):
     """The password file at `path` (None: none); ConfigError when it cannot be used."""
-    if path is None:
-        return None
     from cymqtt.passwd import PasswordFile, PasswordFileError
-    try:
-        return PasswordFile.load(path)
-    except (OSError, PasswordFileError) as exc:
-        raise ConfigError(f"password_file: {_why(exc)}") from None
+    return _load("password_file", path, PasswordFile.load, PasswordFileError)
 
 
 def load_acl_file(path: str | None):
     """The ACL file at `path` (None: none); ConfigError when it cannot be used."""
+    from cymqtt.acl import AclError, AclFile
+    return _load("acl_file", path, AclFile.load, AclError)
+
+
+def _load(key: str, path: str | None, load: Callable, error: type[Exception]):
     if path is None:
         return None
-    from cymqtt.acl import AclError, AclFile
     try:
-        return AclFile.load(path)
-    except (OSError, AclError) as exc:
-        raise ConfigError(f"acl_file: {_why(exc)}") from None
+        return load(path)
+    except (OSError, error) as exc:
+        raise ConfigError(f"{key}: {_why(exc)}") from None
 
 
 def _why(exc: Exception) -> str:
