@@ -185,3 +185,14 @@ def test_sighup_reloads_the_password_and_acl_files_without_dropping_clients(tmp_
         if alice is not None:
             alice.close()
         assert b.stop() == 0
+
+
+def test_slow_hashes_go_to_the_thread_pool_cheap_ones_run_inline(password_file):
+    """argon2id and PBKDF2 of many rounds are checked in a worker thread; mosquitto 2.0's
+    default $7$ (101 rounds, 0.1 ms) and $6$ are cheaper inline than the handoff."""
+    from cymqtt.passwd import PasswordFile, hash_password
+    pf = PasswordFile.load(password_file)
+    assert [pf.is_slow(u) for u in ("alice", "bob", "carol", "nobody")] == \
+        [False, True, False, False]
+    many = PasswordFile.parse(f"dev:{hash_password('pw', iterations=20000)}\n")
+    assert many.is_slow("dev") and many.verify("dev", b"pw")
