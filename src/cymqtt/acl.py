@@ -230,14 +230,7 @@ class ClientAcl:
         """Read access to the topic name `topic` (checked per subscriber at delivery)."""
         if topic.startswith("$share"):
             return False
-        mask = 0
-        for bits in self._trie.match(topic):       # the rules matching `topic`, in C
-            mask |= bits
-        if mask & USER_DENY:
-            return False
-        if mask & USER_READ:
-            return True
-        return not mask & PAT_DENY and bool(mask & PAT_READ)
+        return self._allowed(topic, USER_READ, PAT_READ)
 
     def can_publish(self, topic: str) -> bool:
         """Write access to the topic name `topic` (PUBLISH, and a will at CONNECT)."""
@@ -246,14 +239,18 @@ class ClientAcl:
                 return False
             if topic.startswith("$SYS") and not _BRIDGE_STATE.match(topic):
                 return False
+        return self._allowed(topic, USER_WRITE, PAT_WRITE)
+
+    def _allowed(self, topic: str, user_bit: int, pattern_bit: int) -> bool:
+        # The client's own rules first (a deny there wins, then an allow), then the patterns.
         mask = 0
-        for bits in self._trie.match(topic):
+        for bits in self._trie.match(topic):       # the rules matching `topic`, in C
             mask |= bits
         if mask & USER_DENY:
             return False
-        if mask & USER_WRITE:
+        if mask & user_bit:
             return True
-        return not mask & PAT_DENY and bool(mask & PAT_WRITE)
+        return not mask & PAT_DENY and bool(mask & pattern_bit)
 
     def can_subscribe(self, topic_filter: str) -> bool:
         """False when no topic matching `topic_filter` could ever be delivered to this client.

@@ -262,13 +262,18 @@ def _set_listener(lst: _Listener, key: str, value: str, where: str, st: _State) 
     if convert is None:
         st.warn(where, key, "is not supported")
         return
-    try:
-        converted = convert(value)
-    except ValueError as exc:
-        st.errors.append(f"{where}: '{key}' {exc}")
-        return
+    converted = _convert(convert, value, where, key, st)
     if converted is not SKIP:
         lst.values[key] = converted
+
+
+def _convert(convert: Callable[[Any], Any], value: Any, where: str, key: str, st: _State):
+    # The value in cymqtt's terms; SKIP (and one error line) when mosquitto would refuse it.
+    try:
+        return convert(value)
+    except ValueError as exc:
+        st.errors.append(f"{where}: '{key}' {exc}")
+        return SKIP
 
 
 def _listener_tables(listeners: list[_Listener], st: _State) -> list[dict[str, Any]]:
@@ -306,11 +311,7 @@ def translate(path: str) -> tuple[dict[str, Any], list[str]]:
         if target not in fields:
             st.warn(where, key, "is not supported by cymqtt yet")
             continue
-        try:
-            converted = convert(value)
-        except ValueError as exc:
-            st.errors.append(f"{where}: '{key}' {exc}")
-            continue
+        converted = _convert(convert, value, where, key, st)
         if converted is not SKIP:
             out[target] = converted
     listeners = ([st.default] if st.default.values else []) + st.listeners
