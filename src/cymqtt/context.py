@@ -28,7 +28,7 @@ class Context:
         sweep, keep alive, message expiry), so tests can inject their own."""
 
     __slots__ = ("config", "registry", "router", "retained", "auth", "access", "metrics",
-                 "clock")
+                 "clock", "journal")
 
     def __init__(self, config: Config, registry: Registry, router: Router, auth: Auth,
                  metrics: Metrics, clock: Callable[[], float],
@@ -41,16 +41,20 @@ class Context:
         self.access = access if access is not None else AccessControl()
         self.metrics = metrics
         self.clock = clock
+        # The store's journal (store.Journal) when the broker persists, else None: handlers
+        # hand it the acknowledgements that must wait for a commit (`ack`).
+        self.journal = None
 
     @classmethod
     def create(cls, config: Config, authenticators: list[Authenticator] | None = None,
                clock: Callable[[], float] = time.monotonic,
                authorizers: list[Authorizer] | None = None,
-               offload: Callable[..., Awaitable] | None = None) -> Context:
+               offload: Callable[..., Awaitable] | None = None,
+               retained: RetainStore | None = None) -> Context:
         """The parts wired as a broker wires them (a test drives ClientProtocols on it).
         Raises ConfigError when the password or ACL file cannot be used."""
         metrics = Metrics(clock())
-        router = Router(config.shared_subscription_strategy,
+        router = Router(config.shared_subscription_strategy, retained,
                         retain_available=config.retain_available)
         registry = Registry(config, router, metrics)
         auth = Auth(config.users, config.allow_anonymous, authenticators,

@@ -22,7 +22,7 @@ class Message:
     """One published message. `expires_at` is on the loop clock, None when it never expires."""
 
     __slots__ = ("topic", "payload", "qos", "retain", "properties", "expires_at", "sender",
-                 "_key", "_frame", "_frames")
+                 "sid", "_key", "_frame", "_frames")
 
     def __init__(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
                  properties: dict | None = None, expires_at: float | None = None,
@@ -34,6 +34,7 @@ class Message:
         self.properties = properties      # forwarded MQTT 5 properties, or None
         self.expires_at = expires_at
         self.sender = sender              # client id of the publisher (no local), or None
+        self.sid = 0                      # its row in the store (store.Journal), 0: not stored
         # The first variant encoded, and its key (_variant()); other variants in _frames. Most
         # messages go out in one variant, so most never make a dict.
         self._key = -1

@@ -41,6 +41,14 @@ class RegistryListener:
     def session_ended(self, session: Session) -> None:
         """A session is gone: clean disconnect, expiry, or replaced by a clean start."""
 
+    def session_connected(self, session: Session) -> None:
+        """A client attached to the session (new or present), with its expiry, protocol
+        version and will set from its CONNECT."""
+
+    def session_disconnected(self, session: Session) -> None:
+        """The session's client went away and the session stays (until it expires); a will
+        it delayed is in the registry's `pending_wills`."""
+
     def subscribed(self, session: Session, sub: Subscription) -> None:
         """A subscription was added or replaced (same filter, new options)."""
 
@@ -66,6 +74,14 @@ class _Fanout(RegistryListener):
     def session_ended(self, session: Session) -> None:
         for listener in self.listeners:
             listener.session_ended(session)
+
+    def session_connected(self, session: Session) -> None:
+        for listener in self.listeners:
+            listener.session_connected(session)
+
+    def session_disconnected(self, session: Session) -> None:
+        for listener in self.listeners:
+            listener.session_disconnected(session)
 
     def subscribed(self, session: Session, sub: Subscription) -> None:
         for listener in self.listeners:
@@ -151,7 +167,17 @@ class Registry:
         session.requested_expiry = requested_expiry
         session.will = will
         session.attach(client, version)
+        self._events.session_connected(session)
         return session, present
+
+    def restore(self, session: Session, pending_will: tuple[float, Will] | None) -> None:
+        """Put back an offline session a store kept (its expiry set), with the (due, will)
+        still to publish, before the broker serves."""
+        session.observer = self._observer
+        self.sessions[session.client_id] = session
+        self.offline[session.client_id] = session
+        if pending_will is not None:
+            self.pending_wills[session.client_id] = pending_will
 
     def detach(self, session: Session, now: float) -> None:
         """Its connection is gone: publish or delay the will, then end the session or keep it
@@ -167,6 +193,7 @@ class Registry:
             session.expires_at = (None if session.expiry_interval == NEVER
                                   else now + session.expiry_interval)
             self.offline[session.client_id] = session
+            self._events.session_disconnected(session)
 
     def discard_will(self, session: Session) -> None:
         """The client disconnected normally (DISCONNECT without 0x04), or the broker is
@@ -251,6 +278,10 @@ class Registry:
         # member (MQTT 5 section 4.8.2); when none is connected they stay with this session.
         if session.window is None or not session.has_shared:
             return
+        journal = session.journal
         for qos, item in session.take_shared():
-            if not self._router.redispatch(qos, item, session, now) and not ending:
+            if self._router.redispatch(qos, item, session, now):
+                if journal is not None:
+                    journal.done(session, item)     # it is the other member's now
+            elif not ending:
                 session.window.submit(item, qos, False)

@@ -192,7 +192,7 @@ class Router:
     def redispatch(self, qos: int, item: tuple, leaving: Session, now: float) -> bool:
         """Give a shared-subscription message that `leaving` did not acknowledge to another
         connected member of its group. False when there is none."""
-        msg, _, _, key = item
+        msg, _, _, key, _ = item
         group, topic_filter = key
         members = [s for s in self.trie.match(msg.topic)
                    if s.group == group and s.topic_filter == topic_filter

@@ -16,7 +16,7 @@ from cymqtt.consts import NEVER, PUBACK, PUBREC
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.message import Message
 
-__all__ = ["Backlog", "Client", "NEVER", "Session", "Subscription", "Will"]
+__all__ = ["Backlog", "Client", "Journal", "NEVER", "Session", "Subscription", "Will"]
 
 CONGESTED = 2      # Session.deliver: delivered, but the client is not keeping up (see deliver)
 RELEASE_BATCH = 256    # queued messages moved into the window per step while the socket takes them
@@ -90,6 +90,28 @@ class Client(Protocol):
         """Close this connection: a newer one took its session over (registry.connect)."""
 
 
+class Journal(Protocol):
+    """What a persistent session tells its store (store.Journal) about its outbound window.
+    Every item the window holds is ``(msg, retain, sub_ids, shared, key)``; `key` numbers the
+    entry in the store (0 in a session no store follows), from `seq`."""
+
+    seq: int
+    durable: int     # entries with keys up to this one are committed
+
+    def queued(self, session: Session, item: tuple, qos: int, pid: int) -> None:
+        """The window took `item`: in flight under `pid` (> 0) or queued (-1)."""
+
+    def sent(self, session: Session, item: tuple, pid: int) -> None:
+        """A queued item went in flight under `pid`."""
+
+    def released(self, session: Session, item: tuple, pid: int) -> None:
+        """The client sent PUBREC for `pid`: it now awaits PUBCOMP (PUBREL is re-sent)."""
+
+    def done(self, session: Session, item: tuple) -> None:
+        """The item left the window for good (acknowledged, expired, given to another member
+        of its shared group)."""
+
+
 class Will:
     __slots__ = ("message", "delay")
 
@@ -102,7 +124,7 @@ class Session:
     __slots__ = ("client_id", "subscriptions", "window", "inbound", "client", "will",
                  "expiry_interval", "requested_expiry", "expires_at", "version", "waiters",
                  "last_ack", "receive_maximum", "observer", "backlog", "dropped_slow", "access",
-                 "_config", "__weakref__")
+                 "journal", "_config", "__weakref__")
 
     def __init__(self, client_id: str, config) -> None:
         self.client_id = client_id
@@ -126,6 +148,8 @@ class Session:
         # What the client may receive (access.Access, set at CONNECT), None when nothing is
         # restricted; the router asks it before each delivery.
         self.access = None
+        # The store's journal while the session is persistent (expiry > 0), else None.
+        self.journal: Journal | None = None
         self._config = config
 
     # -- outbound ------------------------------------------------------------------------------
@@ -169,10 +193,23 @@ class Session:
         w = self.window
         if w is None:
             w = self._window()
-        pid = w.submit((msg, retain, sub_ids, shared), qos,
-                       client is not None and client.writable)
-        if pid >= -1 and self.observer is not None:      # accepted: in flight or queued
-            self.observer.message_queued(self, msg, qos)
+        j = self.journal
+        online = client is not None and client.writable
+        if j is None:
+            item = (msg, retain, sub_ids, shared, 0)
+        else:
+            j.seq += 1
+            item = (msg, retain, sub_ids, shared, j.seq)
+            if qos == 2:
+                # Exactly once across a crash: a persistent session is sent a QoS 2 message
+                # only once it is committed (the journal releases it then).
+                online = False
+        pid = w.submit(item, qos, online)
+        if pid >= -1:                                    # accepted: in flight or queued
+            if j is not None:
+                j.queued(self, item, qos, pid)
+            if self.observer is not None:
+                self.observer.message_queued(self, msg, qos)
         if pid >= 0:
             if pid and w.inflight_count == 1:
                 self.last_ack = now        # the window was empty: progress is timed from now
@@ -209,19 +246,31 @@ class Session:
         if client is None:
             return
         w = self.window
+        j = self.journal
         if w is not None and w.queued_count:
             while w.queued_count and client.writable:
-                batch = w.release(RELEASE_BATCH)
+                if j is not None:
+                    # One at a time: a QoS 2 message waits for its commit (see deliver).
+                    head = w.peek()
+                    if head[4] > j.durable and head[0].qos == 2:
+                        break
+                    batch = w.release(1)
+                else:
+                    batch = w.release(RELEASE_BATCH)
                 if not batch:
                     break            # the window is full: acks will call us again
                 for pid, qos, item in batch:
-                    msg, retain, sub_ids, _ = item
+                    msg, retain, sub_ids, _, _ = item
                     if msg.expired(now):
                         # It frees the slot it was given; the loop gives that slot to the
                         # next one now rather than after an ack that may never come.
                         if pid:
                             _end_flight(w, pid, qos)
+                            if j is not None:
+                                j.done(self, item)
                         continue
+                    if pid and j is not None:
+                        j.sent(self, item, pid)
                     client.send_publish(msg, qos, retain, pid, False, sub_ids, now)
         if self.backlog is not None and client.writable:
             self._send_backlog(now)
@@ -273,9 +322,18 @@ class Session:
                     if (q or w.inflight_count >= w.window) and \
                             q >= min(w.window, w.max_queued):
                         break            # no room that cannot overflow: acks make some
-                    pid = w.submit((msg, True, ids, None), qos, True)
-                    if pid >= -1 and self.observer is not None:
-                        self.observer.message_queued(self, msg, qos)
+                    j = self.journal
+                    if j is None:
+                        item = (msg, True, ids, None, 0)
+                    else:
+                        j.seq += 1
+                        item = (msg, True, ids, None, j.seq)
+                    pid = w.submit(item, qos, j is None or qos < 2)
+                    if pid >= -1:
+                        if j is not None:
+                            j.queued(self, item, qos, pid)
+                        if self.observer is not None:
+                            self.observer.message_queued(self, msg, qos)
                     if pid > 0:
                         if w.inflight_count == 1:
                             self.last_ack = now
@@ -296,7 +354,7 @@ class Session:
         self.last_ack = now            # what it has in flight is timed from its return
         if w is not None:
             for pid, qos, state, item in w.resend():
-                msg, retain, sub_ids, _ = item
+                msg, retain, sub_ids, _, _ = item
                 if state == AWAIT_PUBCOMP:
                     client.send_pubrel(pid)
                 else:
@@ -308,7 +366,7 @@ class Session:
         connection. The window stamps each message the first time it is checked."""
         client = self.client
         for pid, qos, state, item in self.window.due(now, interval):
-            msg, retain, sub_ids, _ = item
+            msg, retain, sub_ids, _, _ = item
             if state == AWAIT_PUBCOMP:
                 client.send_pubrel(pid)
             else:
@@ -318,8 +376,13 @@ class Session:
         """End `pid`'s flow as if the client had completed it: a message too large for the
         client, or one it refused (MQTT 5 PUBREC >= 0x80 [MQTT-4.3.3-4])."""
         w = self.window
-        if w is None or not _end_flight(w, pid, qos):
+        if w is None:
             return False
+        item = w.get(pid) if self.journal is not None else None
+        if not _end_flight(w, pid, qos):
+            return False
+        if item is not None:
+            self.journal.done(self, item)
         if w.queued_count or self.backlog is not None:
             self.release(now)
         return True
@@ -331,13 +394,20 @@ class Session:
         if w is None:
             return False
         self.last_ack = now
+        j = self.journal
+        item = None if j is None else w.get(pid)
         if kind == PUBACK:
             ok = w.puback(pid)
         elif kind == PUBREC:
-            return w.pubrec(pid)
+            ok = w.pubrec(pid)
+            if ok and item is not None:
+                j.released(self, item, pid)
+            return ok
         else:
             ok = w.pubcomp(pid)
         if ok:
+            if item is not None:
+                j.done(self, item)
             if self.observer is not None:
                 self.observer.message_acked(self, pid)
             if w.queued_count or self.backlog is not None:

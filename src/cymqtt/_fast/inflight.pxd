@@ -71,6 +71,8 @@ cdef class OutboundWindow:
     cpdef list resend(self)
     cpdef list drain_queue(self)
     cpdef list take_inflight(self)
+    cpdef object get(self, int pid)
+    cpdef object peek(self)
     cpdef bint mark_sent(self, int pid, double now) noexcept
     cpdef list due(self, double now, double timeout)
     cdef int _find(self, int pid) noexcept

@@ -55,6 +55,10 @@ class OutboundWindow:
     def drain_queue(self) -> list[tuple[int, Any]]:
         """``[(qos, msg)]``: everything queued, removed, oldest first."""
     def take_inflight(self) -> list[tuple[int, int, int, Any]]: ...
+    def peek(self) -> Any:
+        """The message at the head of the queue, or None."""
+    def get(self, pid: int) -> Any:
+        """The message in flight under `pid`, or None."""
     def mark_sent(self, pid: int, now: float) -> bool: ...
     def due(self, now: float, timeout: float) -> list[tuple[int, int, int, Any]]: ...
 

@@ -342,6 +342,20 @@ cdef class OutboundWindow:
         self._free_flights()
         return out
 
+    cpdef object peek(self):
+        """The message at the head of the queue (the next ``release()`` sends), or None."""
+        if not self._q_count:
+            return None
+        return <object>self._q[self._q_head].msg
+
+    cpdef object get(self, int pid):
+        """The message in flight under `pid` (as submitted), or None: what a store needs to
+        know which entry an acknowledgement completes before ``puback``/``pubcomp`` frees it."""
+        cdef int b = self._find(pid)
+        if b < 0:
+            return None
+        return <object>self._fl[pm_value(&self._ids, b)].msg
+
     # -- resend on a live connection (MQTT 3.1.1 only; MQTT 5 forbids it [MQTT-4.4.0-1]) --------
 
     cpdef bint mark_sent(self, int pid, double now) noexcept:
