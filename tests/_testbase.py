@@ -48,8 +48,9 @@ class BrokerThread(PublicBrokerThread):
         overrides.setdefault("sys_interval", 0)
         self.clock = TestClock()
         broker_kw: dict[str, Any] = {"clock": self.clock}
-        if "authenticators" in overrides:
-            broker_kw["authenticators"] = overrides.pop("authenticators")
+        for key in ("authenticators", "store"):
+            if key in overrides:
+                broker_kw[key] = overrides.pop(key)
         super().__init__(loop=loop_kind, broker_kw=broker_kw, **overrides)
         self.start()
 

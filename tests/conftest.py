@@ -26,6 +26,14 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "broker_config(**kw): Config overrides for `broker`")
 
 
+@pytest.fixture(autouse=True)
+def _own_working_directory(tmp_path_factory, monkeypatch):
+    """Each test runs in an empty directory of its own, so the `cymqtt` commands it starts
+    keep their data (./cymqtt-data, persistence being on for the command) apart from every
+    other test's and out of the checkout."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 @pytest.fixture
 def broker(request):
     marker = request.node.get_closest_marker("broker_config")

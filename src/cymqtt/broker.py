@@ -34,6 +34,7 @@ from cymqtt.net.connection import Connection
 from cymqtt.net.listeners import ListenerSet, specs_from_config
 from cymqtt.registry import RegistryListener
 from cymqtt.session import Session
+from cymqtt.store import DurableRetained, Journal, SQLiteStore, Store
 from cymqtt.stream import MessageStream
 from cymqtt import logs, sys_topics, timers
 from cymqtt.net.accept import open_file_limit
@@ -89,6 +90,9 @@ class Broker:
         config's acl_file (see `cymqtt.access.Authorizer`); a denial from any of them wins.
     :param clock: the broker's one clock (seconds, monotonic); every deadline uses it. Tests
         inject their own to play time forward.
+    :param store: where retained messages and persistent sessions survive a restart (see
+        `cymqtt.store`); by default an SQLite file when the config persists
+        (`Config.store_path()`), else none.
 
     ``await start()`` binds and returns once the broker accepts connections; ``await stop()``
     disconnects every client (MQTT 5: reason 0x8B) and closes the listeners. Use it as an async
@@ -98,7 +102,8 @@ class Broker:
     def __init__(self, config: Config | None = None, *,
                  authenticators: list[Authenticator] | None = None,
                  authorizers: list[Authorizer] | None = None,
-                 clock: Callable[[], float] = time.monotonic, **overrides: Any) -> None:
+                 clock: Callable[[], float] = time.monotonic, store: Store | None = None,
+                 **overrides: Any) -> None:
         config = config or Config()
         if overrides:
             config = config.replace(**overrides)
@@ -107,8 +112,15 @@ class Broker:
         # Slow checks (password hashes) run here, off the event loop.
         self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
                                         thread_name_prefix="cymqtt-auth")
-        self._ctx = ctx = Context.create(config, authenticators, clock, authorizers,
-                                         self._offload)
+        if store is None and config.store_path() is not None:
+            store = SQLiteStore(config.store_path(), config.store_sync)
+        self._journal = Journal(store, config, clock) if store is not None else None
+        self._ctx = ctx = Context.create(
+            config, authenticators, clock, authorizers, self._offload,
+            DurableRetained(self._journal) if self._journal is not None else None)
+        if self._journal is not None:
+            ctx.journal = self._journal
+            self._journal.attach(ctx.registry)
         self._metrics = ctx.metrics
         self._router = ctx.router
         self._registry = ctx.registry
@@ -128,6 +140,9 @@ class Broker:
         self._loop = loop = asyncio.get_running_loop()
         self._closed = asyncio.Event()
         self._metrics.started = self._clock()
+        if self._journal is not None:
+            self._restore()
+            self._journal.start(loop)
         await self._listeners.start(loop)
         self._running = True
         self._tasks.append(asyncio.create_task(self._sweep_forever(), name="cymqtt-sweep"))
@@ -136,6 +151,17 @@ class Broker:
                                                    name="cymqtt-sys"))
         for name, host, port in self._listeners.bound:
             log.info("cymqtt %s listening on %s:%d", __version__, host, port)
+
+    def _restore(self) -> None:
+        # What the store kept, back before the first client connects (synchronously: the
+        # broker serves nobody yet).
+        t0 = time.perf_counter()
+        got = self._journal.restore(self._registry, self._router, self._clock())
+        if any(got.values()):
+            log.info("store %s: restored %d retained messages, %d sessions with %d "
+                     "subscriptions and %d queued messages in %.2f s", self._journal.store.name,
+                     got["retained"], got["sessions"], got["subscriptions"], got["queued"],
+                     time.perf_counter() - t0)
 
     @property
     def port(self) -> int:
@@ -179,6 +205,8 @@ class Broker:
         self._tasks.clear()
         self._listeners.flush()
         await asyncio.sleep(0)
+        if self._journal is not None:
+            await self._journal.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._closed is not None:
             self._closed.set()
@@ -329,8 +357,11 @@ class Broker:
 
     def stats(self) -> dict[str, int]:
         """Every counter and gauge, by name (what $SYS and metrics endpoints show)."""
-        return collect(self._metrics, self._registry, self._router,
-                       len(self._listeners.connections), self._clock())
+        stats = collect(self._metrics, self._registry, self._router,
+                        len(self._listeners.connections), self._clock())
+        if self._journal is not None:
+            stats.update(self._journal.stats())
+        return stats
 
     # -- operations ----------------------------------------------------------------------------
 
@@ -449,6 +480,8 @@ class Broker:
             await asyncio.sleep(timers.SWEEP_INTERVAL)
             try:
                 self._sweep(self._clock())
+                if self._journal is not None:
+                    self._journal.tick()
             except Exception:  # pragma: no cover - a bug, but the broker must keep serving
                 log.exception("sweep failed")
 

@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--daemon", action="store_true",
                    help="refused: cymqtt runs in the foreground; use systemd to run it in "
                         "the background")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="where retained messages and persistent sessions are kept across "
+                        "restarts (default ./cymqtt-data)")
+    p.add_argument("--no-persistence", action="store_true",
+                   help="keep everything in memory only (lost on restart)")
     p.add_argument("--version", action="version", version=f"cymqtt {__version__}")
     return p
 
@@ -46,10 +51,21 @@ def make_config(args: argparse.Namespace) -> tuple[Config, list[str]]:
     """The Config from the file and the options, and the file's warnings (mosquitto.conf keys
     that were ignored)."""
     config, warnings = load_config_file(args.config) if args.config else (Config(), [])
+    return with_options(config, args), warnings
+
+
+def with_options(config: Config, args: argparse.Namespace) -> Config:
+    """`config` (from a file) with what the command line says over it; the command persists
+    unless told not to (persistence = false, or --no-persistence)."""
     log_level = args.log_level or ("debug" if args.verbose else None)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
-                                   ("log_level", log_level)) if v is not None}
-    return (config_from_dict(overrides, config) if overrides else config), warnings
+                                   ("log_level", log_level), ("data_dir", args.data_dir))
+                 if v is not None}
+    if args.no_persistence:
+        overrides["persistence"] = False
+    elif config.persistence is None:
+        overrides["persistence"] = True
+    return config_from_dict(overrides, config)
 
 
 def _install_loop() -> str:
@@ -63,8 +79,7 @@ def _install_loop() -> str:
     return "uvloop"
 
 
-async def _serve(config: Config, loop_name: str = "asyncio",
-                 config_path: str | None = None) -> None:
+async def _serve(config: Config, loop_name: str, args: argparse.Namespace) -> None:
     import cymqtt._fast  # noqa: F401  (one clear line when the build is missing)
     from cymqtt.broker import Broker
 
@@ -73,7 +88,7 @@ async def _serve(config: Config, loop_name: str = "asyncio",
     stop = asyncio.Event()
     # Handlers first: a SIGTERM right after the "listening on" line must stop cleanly too.
     handlers = {signal.SIGINT: stop.set, signal.SIGTERM: stop.set,
-                signal.SIGHUP: lambda: _reload(broker, config_path),
+                signal.SIGHUP: lambda: _reload(broker, args),
                 signal.SIGUSR1: lambda: [log.info("%s", line) for line in broker.describe()]}
     for sig, handler in handlers.items():
         try:
@@ -86,7 +101,7 @@ async def _serve(config: Config, loop_name: str = "asyncio",
         if pid_file:
             _write_pid_file(pid_file)
         log.info("event loop: %s; Ctrl-C or SIGTERM stops the broker, SIGHUP reloads %s, "
-                 "SIGUSR1 logs its state", loop_name, config_path or "(no config file)")
+                 "SIGUSR1 logs its state", loop_name, args.config or "(no config file)")
         await stop.wait()
     finally:
         log.info("stopping")
@@ -112,14 +127,15 @@ def _write_pid_file(path: str) -> None:
         raise _PidFileError(f"cannot write pid_file {path}: {exc.strerror}") from None
 
 
-def _reload(broker, config_path: str | None) -> None:
-    """SIGHUP: read the config file again and give the broker what changed. A bad file
-    changes nothing and says so in one line."""
-    if not config_path:
+def _reload(broker, args: argparse.Namespace) -> None:
+    """SIGHUP: read the config file again and give the broker what changed (the command
+    line still overrides it). A bad file changes nothing and says so in one line."""
+    if not args.config:
         log.info("reload: no config file given (-c); nothing to reload")
         return
     try:
-        config, _ = load_config_file(config_path)      # (its warnings were shown at start)
+        config, _ = load_config_file(args.config)      # (its warnings were shown at start)
+        config = with_options(config, args)
     except ConfigError as exc:
         log.error("reload failed, keeping the current configuration: %s", exc)
         return
@@ -166,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     _raise_fd_limit()
     loop_name = _install_loop()
     try:
-        asyncio.run(_serve(config, loop_name, args.config))
+        asyncio.run(_serve(config, loop_name, args))
     except _PidFileError as exc:
         print(f"cymqtt: {exc}", file=sys.stderr)
         return 2

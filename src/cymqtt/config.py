@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -17,6 +18,7 @@ SHARED_STRATEGIES = ("round_robin", "random", "hash_clientid", "hash_topic", "st
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LISTENER_PROTOCOLS = ("mqtt",)
 TLS_VERSIONS = ("tlsv1.2", "tlsv1.3")
+DEFAULT_DATA_DIR = "cymqtt-data"
 
 
 class ConfigError(ValueError):
@@ -201,6 +203,15 @@ class Config:
     log_dest: str = "stderr"
     # Written with the broker's pid at start, removed at stop (the `cymqtt` command).
     pid_file: str | None = None
+    # -- persistence --
+    # Keep retained messages, persistent sessions (subscriptions, queued and unacknowledged
+    # messages, QoS 2 state) in data_dir/cymqtt.db (SQLite) across restarts. None: on for the
+    # `cymqtt` command; off for Broker() unless data_dir is given.
+    persistence: bool | None = None
+    data_dir: str | None = None           # default "cymqtt-data" (in the working directory)
+    # "normal": a committed message survives the broker being killed (kill -9, a crash);
+    # "full": also a power loss (one fsync per group commit).
+    store_sync: str = "normal"
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -247,8 +258,18 @@ class Config:
             self.log_dest.startswith("file:") and len(self.log_dest) > 5), "log_dest",
             '"stderr", "stdout", "syslog", "none" or "file:/path"')
         need(self.pid_file is None or self.pid_file != "", "pid_file", "a path")
+        need(self.data_dir is None or self.data_dir != "", "data_dir", "a directory")
+        need(self.store_sync in ("normal", "full"), "store_sync", '"normal" or "full"')
         if errors:
             raise ConfigError("\n".join(errors))
+
+    def store_path(self) -> str | None:
+        """The database file the broker persists to, or None when persistence is off
+        (`persistence` None: on when data_dir is given; the `cymqtt` command sets it True)."""
+        on = self.persistence if self.persistence is not None else self.data_dir is not None
+        if not on:
+            return None
+        return os.path.join(self.data_dir or DEFAULT_DATA_DIR, "cymqtt.db")
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -263,7 +284,7 @@ for _f in fields(Config):
         _TYPES[_f.name] = (int,)
     elif _t.startswith("float"):
         _TYPES[_f.name] = (int, float)
-    elif _t == "bool":
+    elif _t in ("bool", "bool | None"):
         _TYPES[_f.name] = (bool,)
     elif _t.startswith("dict"):
         _TYPES[_f.name] = (dict,)

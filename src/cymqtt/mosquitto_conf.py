@@ -121,9 +121,11 @@ TRANSLATION: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "password_file": ("password_file", str),
     "acl_file": ("acl_file", str),
     "persistence": ("persistence", _bool),
-    "persistence_location": ("persistence_location", str),
+    "persistence_location": ("data_dir", str),
     "persistence_file": ("persistence_file", str),
-    "autosave_interval": ("autosave_interval", _int),
+    # mosquitto snapshots every autosave_interval seconds; cymqtt commits every acknowledged
+    # message before acknowledging it, so there is no interval to set (any value is accepted).
+    "autosave_interval": ("persistence", lambda value: (_int(value), SKIP)[1]),
     "connection_messages": ("connection_messages", _bool),
     "log_type": ("log_level", _log_type),
     "log_dest": ("log_dest", lambda values: _log_dest(values)),

@@ -14,7 +14,7 @@ from cymqtt.consts import (
     CONN_CLOSING, P_PAYLOAD_FORMAT, P_SUBSCRIPTION_ID, P_TOPIC_ALIAS, PUBACK, PUBCOMP, PUBREC,
     PUBREL, RC_MESSAGE_RATE_TOO_HIGH, RC_NO_MATCHING_SUBSCRIBERS, RC_NOT_AUTHORIZED,
     RC_PACKET_IDENTIFIER_NOT_FOUND, RC_PAYLOAD_FORMAT_INVALID, RC_PROTOCOL_ERROR,
-    RC_QOS_NOT_SUPPORTED, RC_RECEIVE_MAXIMUM_EXCEEDED, RC_RETAIN_NOT_SUPPORTED, RC_SUCCESS,
+    RC_QOS_NOT_SUPPORTED, RC_QUOTA_EXCEEDED, RC_RECEIVE_MAXIMUM_EXCEEDED, RC_RETAIN_NOT_SUPPORTED, RC_SUCCESS,
     RC_TOPIC_ALIAS_INVALID, RC_TOPIC_NAME_INVALID,
 )
 from cymqtt.message import Message
@@ -135,7 +135,10 @@ def handle_publish(proto: ClientProtocol, pkt) -> None:
     now = ctx.clock()
     msg = Message(topic, pkt.payload, qos, pkt.retain, None, None, proto.client_id) \
         if props is None else Message.from_publish(pkt, proto.client_id, now)
-    if qos < 2:
+    journal = ctx.journal
+    if journal is not None:
+        _publish_durably(proto, pkt, msg, journal, now)
+    elif qos < 2:
         router = ctx.router      # route(), inline: the hot path
         n = router.route(msg, now)
         if router.congested:
@@ -145,16 +148,57 @@ def handle_publish(proto: ClientProtocol, pkt) -> None:
                                   RC_SUCCESS if n or proto.version < 5
                                   else RC_NO_MATCHING_SUBSCRIBERS, None, proto.version))
     else:
-        inbound = proto.session.inbound_qos2(config.receive_maximum
-                                             if proto.version == 5 else 65535)
-        r = inbound.receive(pkt.packet_id)
-        if r < 0:
-            raise ProtocolViolation(RC_RECEIVE_MAXIMUM_EXCEEDED,
-                                    "more QoS 2 messages in flight than the receive maximum "
-                                    "allows [MQTT-3.3.4-9]")
-        if r:
+        if _receive_qos2(proto, pkt):
             route(proto, msg, now)
         proto.send(encode_ack(PUBREC, pkt.packet_id, RC_SUCCESS, None, proto.version))
+
+
+def _receive_qos2(proto: ClientProtocol, pkt) -> bool:
+    # True for a new QoS 2 message (route it), False for a re-sent one (only PUBREC again).
+    inbound = proto.session.inbound_qos2(proto.ctx.config.receive_maximum
+                                         if proto.version == 5 else 65535)
+    r = inbound.receive(pkt.packet_id)
+    if r < 0:
+        raise ProtocolViolation(RC_RECEIVE_MAXIMUM_EXCEEDED,
+                                "more QoS 2 messages in flight than the receive maximum "
+                                "allows [MQTT-3.3.4-9]")
+    return r == 1
+
+
+def _publish_durably(proto: ClientProtocol, pkt, msg: Message, journal, now: float) -> None:
+    # With a store: the PUBACK/PUBREC waits for the commit of what the message wrote (queue
+    # entries of persistent sessions, the retained change, the inbound QoS 2 id). While
+    # commits fail (a full disk), a QoS 1/2 message that needs the store is refused.
+    qos = msg.qos
+    if qos and journal.failing and journal.needs_store(msg, proto.ctx.router):
+        proto.ctx.metrics.dropped_refused += 1
+        if proto.version == 5:
+            log.warning("client %s: PUBLISH to %r refused (0x97): the store cannot commit",
+                        proto.client_id, msg.topic)
+            journal.ack(proto, encode_ack(PUBACK if qos == 1 else PUBREC, pkt.packet_id,
+                                          RC_QUOTA_EXCEEDED, None, 5), journal.ops)
+        else:
+            # MQTT 3.x has no way to refuse one message: close, and the client re-sends it.
+            log.warning("client %s: QoS %d PUBLISH to %r needs the store, which cannot "
+                        "commit; closing", proto.client_id, qos, msg.topic)
+            proto.close_reason = "disconnected: the store cannot commit"
+            proto.close()
+        return
+    mark = journal.ops
+    if qos == 2:
+        if not _receive_qos2(proto, pkt):
+            # A re-sent one: PUBREC again, after any commit under way (the first copy's).
+            journal.ack(proto, encode_ack(PUBREC, pkt.packet_id, RC_SUCCESS, None,
+                                          proto.version), -1)
+            return
+        session = proto.session
+        if session.journal is not None:
+            journal.inbound(session, pkt.packet_id, True)
+    n = route(proto, msg, now)
+    if qos:
+        code = RC_SUCCESS if n or proto.version < 5 or qos == 2 else RC_NO_MATCHING_SUBSCRIBERS
+        journal.ack(proto, encode_ack(PUBACK if qos == 1 else PUBREC, pkt.packet_id, code,
+                                      None, proto.version), mark)
 
 
 def _refuse(proto: ClientProtocol, pkt, reason_code: int, why: str) -> None:
@@ -214,18 +258,34 @@ def handle_ack(proto: ClientProtocol, pkt) -> None:
     now = proto.ctx.clock()
     if t == PUBREL:
         found = session.inbound is not None and session.inbound.release(pkt.packet_id)
-        proto.send(encode_ack(PUBCOMP, pkt.packet_id,
-                              RC_SUCCESS if found else RC_PACKET_IDENTIFIER_NOT_FOUND, None,
-                              proto.version))
+        frame = encode_ack(PUBCOMP, pkt.packet_id,
+                           RC_SUCCESS if found else RC_PACKET_IDENTIFIER_NOT_FOUND, None,
+                           proto.version)
+        journal = proto.ctx.journal
+        if journal is None:
+            proto.send(frame)
+            return
+        mark = journal.ops
+        if found and session.journal is not None:
+            journal.inbound(session, pkt.packet_id, False)
+        journal.ack(proto, frame, mark)
     elif t == PUBREC:
         if pkt.reason_code >= 0x80:
             # The client refused the message: the QoS 2 flow ends here [MQTT-4.3.3-4].
             session.last_ack = now
             session.forget(pkt.packet_id, 2, now)
             return
+        journal = proto.ctx.journal
+        mark = journal.ops if journal is not None else 0
         found = session.ack(PUBREC, pkt.packet_id, now)
-        proto.send(encode_ack(PUBREL, pkt.packet_id,
-                              RC_SUCCESS if found else RC_PACKET_IDENTIFIER_NOT_FOUND, None,
-                              proto.version))
+        frame = encode_ack(PUBREL, pkt.packet_id,
+                           RC_SUCCESS if found else RC_PACKET_IDENTIFIER_NOT_FOUND, None,
+                           proto.version)
+        if journal is None:
+            proto.send(frame)
+        else:
+            # PUBREL tells the client the broker knows it has the message: once that is
+            # committed, a restart re-sends PUBREL, never the message.
+            journal.ack(proto, frame, mark)
     else:
         session.ack(t, pkt.packet_id, now)

@@ -30,6 +30,8 @@ def handle_subscribe(proto: ClientProtocol, pkt) -> None:
     registry = ctx.registry
     session = proto.session
     now = ctx.clock()
+    journal = ctx.journal
+    mark = journal.ops if journal is not None else 0
     sub_id = None
     if pkt.properties and P_SUBSCRIPTION_ID in pkt.properties:
         if not config.subscription_identifier_available:
@@ -72,7 +74,11 @@ def handle_subscribe(proto: ClientProtocol, pkt) -> None:
     if proto.version < 5:
         # MQTT 3.x knows one failure code, 0x80 [MQTT-3.9.3-2].
         codes = [c if c < 0x80 else RC_UNSPECIFIED_ERROR for c in codes]
-    proto.send(encode(SubAck(SUBACK, pkt.packet_id, codes), proto.version))
+    suback = encode(SubAck(SUBACK, pkt.packet_id, codes), proto.version)
+    if journal is None:
+        proto.send(suback)
+    else:       # a persistent session's subscriptions are committed before SUBACK says so
+        journal.ack(proto, suback, mark)
     store = ctx.retained
     current = store.get
     if access is not None:
@@ -91,6 +97,12 @@ def handle_subscribe(proto: ClientProtocol, pkt) -> None:
 def handle_unsubscribe(proto: ClientProtocol, pkt) -> None:
     registry = proto.ctx.registry
     session = proto.session
+    journal = proto.ctx.journal
+    mark = journal.ops if journal is not None else 0
     codes = [RC_SUCCESS if registry.unsubscribe(session, full_filter)
              else RC_NO_SUBSCRIPTION_EXISTED for full_filter in pkt.topics]
-    proto.send(encode(SubAck(UNSUBACK, pkt.packet_id, codes), proto.version))
+    frame = encode(SubAck(UNSUBACK, pkt.packet_id, codes), proto.version)
+    if journal is None:
+        proto.send(frame)
+    else:
+        journal.ack(proto, frame, mark)
