@@ -471,7 +471,11 @@ class Broker:
             f"consumer {st['messages_dropped_slow_consumer']}, too large "
             f"{st['messages_dropped_too_large']})",
             f"bytes: received {st['bytes_received']}, sent {st['bytes_sent']}",
-        ]
+        ] + ([] if self._journal is None else [
+            f"store {self._journal.store.name}: {st['store_commits']} commits, "
+            f"{st['store_rows_written']} rows written, {st['store_acks_held']} "
+            f"acknowledgements held for a commit, {st['store_failures']} failed commits, "
+            f"{st['store_bytes']} bytes"])
 
     # -- the sweep -----------------------------------------------------------------------------
 

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-u", "--username", default=None,
                    help="user name every client sends in CONNECT (with -P: its password)")
     g.add_argument("-P", "--password", default=None, help="password every client sends")
+    g.add_argument("--persistent-subs", action="store_true",
+                   help="subscribers keep persistent sessions (3.x clean session 0, 5.0 session "
+                        "expiry 300 s): what a broker with persistence writes to its store")
     g.add_argument("--procs", type=int, default=1,
                    help="worker processes to spread the clients over (default 1)")
     g.add_argument("--ifaddrs", default=None,
@@ -177,6 +180,7 @@ def options(args: argparse.Namespace) -> dict:
         "host": args.host, "port": args.port, "version": args.version,
         "keepalive": args.keepalive, "procs": max(1, args.procs), "ifaddrs": args.ifaddrs,
         "username": args.username, "password": args.password,
+        "persistent_subs": args.persistent_subs,
         "max_pending": max(1, args.max_pending), "conns_per_addr": max(1, args.conns_per_addr),
         "connect_timeout": args.connect_timeout,
         "client_prefix": args.client_prefix, "interval": max(0.1, args.interval),

@@ -40,6 +40,7 @@ CONNACK, SUBACK, PINGRESP, DISCONNECT = 2, 9, 13, 14
 PINGREQ = b"\xc0\x00"
 DISCONNECT_FRAME = b"\xe0\x00"
 P_RECEIVE_MAXIMUM = 0x21
+P_SESSION_EXPIRY = 0x11
 
 _monotonic_ns = time.monotonic_ns
 
@@ -124,9 +125,12 @@ class BenchClient(asyncio.Protocol):
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, w.sndbuf)
         props = None
+        persistent = w.persistent_subs and self.role == "sub"
         if self.version == 5 and self.role == "sub":
             props = {P_RECEIVE_MAXIMUM: 65535}
-        self.send(encode(Connect(self.client_id, version=self.version, clean_start=True,
+            if persistent:
+                props[P_SESSION_EXPIRY] = 300
+        self.send(encode(Connect(self.client_id, version=self.version, clean_start=not persistent,
                                  keepalive=self.keepalive, properties=props,
                                  username=w.username, password=w.password)))
 

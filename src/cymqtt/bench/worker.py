@@ -67,6 +67,7 @@ class Worker:
         self.keepalive = o["keepalive"]
         self.username = o.get("username")
         self.password = None if o.get("password") is None else o["password"].encode()
+        self.persistent_subs = bool(o.get("persistent_subs"))
         self.qos = o["qos"]
         self.size = o["size"]
         self.rate = float(o["rate"] or 0)
