@@ -137,6 +137,18 @@ def pinned(cpu: str | None, cmd: list[str]) -> list[str]:
 
 # -- brokers ----------------------------------------------------------------------------------
 
+_DATA_DIR_SUPPORT: dict[str, bool] = {}
+
+
+def _has_data_dir(python: str) -> bool:
+    # Whether that cymqtt persists (and so takes --data-dir): builds before persistence do not.
+    if python not in _DATA_DIR_SUPPORT:
+        out = subprocess.run([python, "-m", "cymqtt", "--help"], capture_output=True,
+                             text=True, timeout=30).stdout
+        _DATA_DIR_SUPPORT[python] = "--data-dir" in out
+    return _DATA_DIR_SUPPORT[python]
+
+
 class Broker:
     """One broker process started by this script."""
 
@@ -160,6 +172,10 @@ class Broker:
         else:
             cmd = [self.python, "-m", "cymqtt", "--host", "127.0.0.1", "--port",
                    str(self.port), "--log-level", "warning"]
+            if _has_data_dir(self.python):
+                # The command's default (persistence on), in a store of its own per start,
+                # so no scenario inherits another's retained messages or sessions.
+                cmd += ["--data-dir", str(self.workdir / f"data-{self.port}")]
         self.logfile = open(self.workdir / f"{self.kind}-{self.port}.log", "w+")
         # taskset execs the broker, so the pid is the broker's own.
         self.proc = subprocess.Popen(pinned(self.cpu, cmd), stdout=self.logfile,

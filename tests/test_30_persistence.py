@@ -26,6 +26,7 @@ from cymqtt.consts import PUBACK, PUBCOMP, PUBREC, PUBREL
 from cymqtt.store import MemoryStore
 
 P_SESSION_EXPIRY = 0x11
+P_MESSAGE_EXPIRY = 0x02
 
 
 def free_port() -> int:
@@ -200,6 +201,50 @@ def test_session_expiry_counts_the_time_the_broker_was_down(data_dir):
         assert not Peer(bt.port, "short", version=5, expiry=3600).session_present
     finally:
         bt.stop()
+
+
+def test_message_expiry_counts_the_time_the_broker_was_down(data_dir):
+    """MQTT 5 message expiry, queued for an offline session: a message with 1 s left is gone
+    after 1.5 s of downtime; one with an hour left arrives with its expiry counted down."""
+    bt = BrokerThread(data_dir=data_dir, port=0)
+    c = Peer(bt.port, "exp", version=5, clean=True, expiry=3600)
+    c.subscribe("x/#", 1)
+    c.send_packet(Disconnect())
+    c.close()
+    pub = Peer(bt.port, "exp-pub", version=5, clean=True)
+    for pid, (payload, expiry) in enumerate(((b"short", 1), (b"long", 3600)), 1):
+        pub.send_packet(Publish("x/1", payload, qos=1, packet_id=pid,
+                                properties={P_MESSAGE_EXPIRY: expiry}))
+        assert pub.recv_packet().packet_id == pid
+    bt.stop()
+    time.sleep(1.5)
+    bt = BrokerThread(data_dir=data_dir, port=bt.port)
+    try:
+        c = Peer(bt.port, "exp", version=5, expiry=3600)
+        (got,) = c.publishes(1.0)
+        assert got.payload == b"long"
+        assert 3590 <= got.properties[P_MESSAGE_EXPIRY] <= 3599
+    finally:
+        bt.stop()
+
+
+def test_compaction_gives_space_back(data_dir):
+    """Rows deleted leave free pages; compact() returns them to the file system."""
+    from cymqtt.store import SQLiteStore
+    from cymqtt.store.base import Batch
+    store = SQLiteStore(os.path.join(data_dir, "c.db"))
+    store.load()
+    batch = Batch()
+    batch.messages = {i: (i, "t", b"x" * 1000, 1, 0, None, None, None) for i in range(1, 5001)}
+    store.commit(batch)
+    store.compact()
+    full = store.size()
+    batch = Batch()
+    batch.messages = {i: None for i in range(1, 5001)}
+    store.commit(batch)
+    store.compact()
+    assert store.size() < full / 4, (store.size(), full)
+    store.close()
 
 
 def test_a_will_pending_at_a_crash_is_published_after_it(data_dir):

@@ -11,7 +11,8 @@ Rows are plain tuples, in the column order of the SQLite tables (store/sqlite.py
     retained   topic -> message id
     session    (client_id, version, expiry, requested_expiry, disconnected, will_id, will_delay)
     sub        (client_id, filter, options, sub_id)
-    entry      (client_id, seq, message id, qos, retain, sub_ids, shared, pid, state)
+    entry      (client_id, seq, message id, qos, retain, sub_ids, shared, pid, state); seq
+               numbers entries across all sessions, in the order they were made
     inbound    (client_id, pid)
 
 `properties`, `sub_ids` and `shared` are marshal-encoded (or None); `expires` and
@@ -40,24 +41,26 @@ class StoreFull(StoreError):
 class Batch:
     """Row changes since the last commit, coalesced by key: a value of None deletes the row,
     so a row written and deleted again before its commit costs one no-op DELETE. `ended`
-    lists sessions whose rows (subscriptions, entries, inbound ids) all go first; `acks` are
+    lists sessions whose subscriptions and inbound ids all go first (their entries are deleted
+    one by one: the journal knows them); `acks` are
     the (client, frame) acknowledgements that wait for this batch's commit, `wake` the
     sessions whose QoS 2 messages may go out once it is committed."""
 
     __slots__ = ("messages", "retained", "sessions", "subs", "entries", "inbound", "ended",
-                 "meta", "acks", "seq", "wake")
+                 "meta", "acks", "seq", "mid", "wake")
 
     def __init__(self) -> None:
         self.messages: dict[int, tuple | None] = {}
         self.retained: dict[str, int | None] = {}
         self.sessions: dict[str, tuple | None] = {}
         self.subs: dict[tuple[str, str], tuple | None] = {}
-        self.entries: dict[tuple[str, int], tuple | None] = {}
+        self.entries: dict[int, tuple | None] = {}
         self.inbound: dict[tuple[str, int], bool] = {}
         self.ended: list[str] = []
         self.meta: dict[str, Any] = {}
         self.acks: list[tuple[Any, bytes]] = []
         self.seq = 0                 # the journal's last entry key when this batch was cut
+        self.mid = 0                 # ... and its next message id
         self.wake: set = set()       # sessions to release once it is committed
 
     def __bool__(self) -> bool:
@@ -67,7 +70,7 @@ class Batch:
     def end_session(self, client_id: str) -> None:
         """Every row of `client_id` goes (its session row too): forget what this batch still
         had to write for it, and delete the rest first at commit."""
-        for table in (self.subs, self.entries, self.inbound):
+        for table in (self.subs, self.inbound):
             for key in [k for k in table if k[0] == client_id]:
                 del table[key]
         self.sessions[client_id] = None

@@ -95,6 +95,12 @@ class Journal(RegistryListener):
         self.failing = False           # the last commit failed: refuse what needs the store
         self.batch = Batch()
         self._next_mid = 1
+        # Entries with keys above _cut_seq, and messages with ids from _cut_mid on, were made
+        # after the last batch went to the writer: they are in no commit, so dropping them
+        # needs no DELETE (a message acknowledged before its commit costs no disk work).
+        self._cut_seq = 0
+        self._cut_mid = 1
+        self._durable_mid = 1
         self._refs: dict[int, int] = {}            # message id -> rows referring to it
         self._rows: dict[str, dict[int, tuple]] = {}   # client id -> entry key -> row
         self._wills: dict[str, int] = {}           # client id -> its session row's will
@@ -174,7 +180,7 @@ class Journal(RegistryListener):
                 self.batch.retained[topic] = None
                 continue
             retained.restore(msg)   # type: ignore[attr-defined]
-            self._ref(msg)
+            self._hold(mid)
             n_retained += 1
         sessions: dict[str, Session] = {}
         for cid, version, expiry, requested, left, will_id, will_delay in snap.sessions:
@@ -201,10 +207,11 @@ class Journal(RegistryListener):
             registry.restore(session, None if will is None else
                              (now + max(0.0, will[0] - wall), will[1]))
             self._rows[cid] = {}
+            if will is not None:
+                self._wills[cid] = self._hold(will_id)
             if connected:      # it left when the broker stopped; its will is pending now
-                self._put_session(session, left, None if will is None else will[1])
-            elif will is not None:
-                self._wills[cid] = self._ref(will[1].message)
+                self.batch.sessions[cid] = (cid, version, expiry, requested, left,
+                                            None if will is None else will_id, will_delay)
             sessions[cid] = session
         n_subs = 0
         for cid, full_filter, options, sub_id in snap.subs:
@@ -221,7 +228,8 @@ class Journal(RegistryListener):
             session = sessions.get(cid)
             if session is not None:
                 session.inbound_qos2(65535).receive(pid)
-        self.seq = self.durable = max((e[1] for e in snap.entries), default=0)
+        self.seq = self.durable = self._cut_seq = max((e[1] for e in snap.entries), default=0)
+        self._cut_mid = self._durable_mid = self._next_mid
         orphans = [mid for mid in snap.messages if mid not in self._refs]
         for mid in orphans:
             self.batch.messages[mid] = None
@@ -237,7 +245,7 @@ class Journal(RegistryListener):
             if row[0] in sessions:
                 by_client.setdefault(row[0], []).append(row)
             else:
-                self.batch.entries[(row[0], row[1])] = None
+                self.batch.entries[row[1]] = None
         n = 0
         for cid, rows in by_client.items():
             session = sessions[cid]
@@ -248,7 +256,7 @@ class Journal(RegistryListener):
                 _, seq, mid, qos, retain, sub_ids, shared, pid, state = row
                 msg = message(mid)
                 if msg is None:
-                    self.batch.entries[(cid, seq)] = None
+                    self.batch.entries[seq] = None
                     continue
                 shared = _unblob(shared)
                 item = (msg, bool(retain), _unblob(sub_ids),
@@ -264,7 +272,7 @@ class Journal(RegistryListener):
                 else:
                     w.submit(item, qos, False)
                 self._rows[cid][seq] = row
-                self._ref(msg)
+                self._hold(mid)
                 n += 1
             w.last_pid = last
         return n
@@ -303,14 +311,22 @@ class Journal(RegistryListener):
         row = None if rows is None else rows.pop(item[4], None)
         if row is None:
             return
-        self.batch.entries[(cid, row[1])] = None
-        self._deref(row[2])
+        self._drop_entry(row)
         self._changed()
 
     def _put_entry(self, row: tuple) -> None:
         self._rows[row[0]][row[1]] = row
-        self.batch.entries[(row[0], row[1])] = row
+        self.batch.entries[row[1]] = row
         self._changed()
+
+    def _drop_entry(self, row: tuple) -> None:
+        # An entry made since the last cut is in no commit yet: forget it, nothing to delete.
+        seq = row[1]
+        if seq > self._cut_seq:
+            self.batch.entries.pop(seq, None)
+        else:
+            self.batch.entries[seq] = None
+        self._deref(row[2])
 
     # -- inbound QoS 2 (protocol.publish) ----------------------------------------------------
 
@@ -386,7 +402,7 @@ class Journal(RegistryListener):
     def _forget(self, cid: str) -> None:
         rows = self._rows.pop(cid, {})
         for row in rows.values():
-            self._deref(row[2])
+            self._drop_entry(row)
         will = self._wills.pop(cid, None)
         if will is not None:
             self._deref(will)
@@ -413,6 +429,11 @@ class Journal(RegistryListener):
                                     msg.sender)
         return mid
 
+    def _hold(self, mid: int) -> int:
+        # One more reference to a message loaded from the store (its row is there).
+        self._refs[mid] = self._refs.get(mid, 0) + 1
+        return mid
+
     def _deref(self, mid: int) -> None:
         refs = self._refs
         n = refs.get(mid, 0) - 1
@@ -420,7 +441,10 @@ class Journal(RegistryListener):
             refs[mid] = n
         else:
             refs.pop(mid, None)
-            self.batch.messages[mid] = None
+            if mid >= self._cut_mid:          # written since the last cut: in no commit yet
+                self.batch.messages.pop(mid, None)
+            else:
+                self.batch.messages[mid] = None
 
     # -- acknowledgements ----------------------------------------------------------------------
 
@@ -463,7 +487,8 @@ class Journal(RegistryListener):
             return
         self.batch = Batch()
         batch.meta["alive"] = time.time()
-        batch.seq = self.seq
+        batch.seq = self._cut_seq = self.seq
+        batch.mid = self._cut_mid = self._next_mid
         batch.wake, self._wake = self._wake, set()
         self._committing = batch
         assert self._idle is not None
@@ -497,6 +522,7 @@ class Journal(RegistryListener):
         self.rows_written += batch.writes
         self._last_commit = time.monotonic()
         self.durable = batch.seq
+        self._durable_mid = batch.mid
         if batch.wake:
             now = self._clock()
             for session in batch.wake:
@@ -528,6 +554,8 @@ class Journal(RegistryListener):
                       exc, RETRY_INTERVAL)
         batch.merge(self.batch)
         self._wake |= batch.wake
+        self._cut_seq = self.durable          # what it held is in no commit after all
+        self._cut_mid = self._durable_mid
         self.batch = batch
         if self._loop is not None:
             self._loop.call_later(RETRY_INTERVAL, self._flush)

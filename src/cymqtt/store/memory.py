@@ -25,7 +25,7 @@ class MemoryStore(Store):
         self._lock = threading.Lock()
         self._tables = Snapshot()
         self._subs: dict[tuple[str, str], tuple] = {}
-        self._entries: dict[tuple[str, int], tuple] = {}
+        self._entries: dict[int, tuple] = {}
         self._sessions: dict[str, tuple] = {}
         self._inbound: set[tuple[str, int]] = set()
 
@@ -47,7 +47,7 @@ class MemoryStore(Store):
                 raise StoreFull(f"memory store holds {self.max_rows} rows at most")
             t = self._tables
             for cid in batch.ended:
-                for table in (self._subs, self._entries):
+                for table in (self._subs,):
                     for key in [k for k in table if k[0] == cid]:
                         del table[key]
                 self._inbound = {k for k in self._inbound if k[0] != cid}

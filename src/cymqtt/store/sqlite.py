@@ -41,9 +41,9 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     client_id TEXT NOT NULL, filter TEXT NOT NULL, options INTEGER NOT NULL, sub_id INTEGER,
     PRIMARY KEY (client_id, filter)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS entries (
-    client_id TEXT NOT NULL, seq INTEGER NOT NULL, message INTEGER NOT NULL,
+    seq INTEGER PRIMARY KEY, client_id TEXT NOT NULL, message INTEGER NOT NULL,
     qos INTEGER NOT NULL, retain INTEGER NOT NULL, sub_ids BLOB, shared BLOB,
-    pid INTEGER NOT NULL, state INTEGER NOT NULL, PRIMARY KEY (client_id, seq)) WITHOUT ROWID;
+    pid INTEGER NOT NULL, state INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS inbound (
     client_id TEXT NOT NULL, pid INTEGER NOT NULL, PRIMARY KEY (client_id, pid)) WITHOUT ROWID;
 """
@@ -54,14 +54,15 @@ _UPSERT = {
     "retained": "INSERT OR REPLACE INTO retained VALUES (?,?)",
     "sessions": "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?)",
     "subs": "INSERT OR REPLACE INTO subscriptions VALUES (?,?,?,?)",
-    "entries": "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?)",
+    "entries": "INSERT OR REPLACE INTO entries (client_id, seq, message, qos, retain, "
+               "sub_ids, shared, pid, state) VALUES (?,?,?,?,?,?,?,?,?)",
 }
 _DELETE = {
     "messages": "DELETE FROM messages WHERE id = ?",
     "retained": "DELETE FROM retained WHERE topic = ?",
     "sessions": "DELETE FROM sessions WHERE client_id = ?",
     "subs": "DELETE FROM subscriptions WHERE client_id = ? AND filter = ?",
-    "entries": "DELETE FROM entries WHERE client_id = ? AND seq = ?",
+    "entries": "DELETE FROM entries WHERE seq = ?",
 }
 
 
@@ -164,7 +165,7 @@ class SQLiteStore(Store):
     @staticmethod
     def _write(db: sqlite3.Connection, batch: Batch) -> None:
         for cid in batch.ended:
-            for table in ("subscriptions", "entries", "inbound"):
+            for table in ("subscriptions", "inbound"):
                 db.execute(f"DELETE FROM {table} WHERE client_id = ?", (cid,))
         for name in ("sessions", "messages", "retained", "subs", "entries"):
             changes = getattr(batch, name)
@@ -196,8 +197,8 @@ class SQLiteStore(Store):
         pages = db.execute("PRAGMA page_count").fetchone()[0]
         free = db.execute("PRAGMA freelist_count").fetchone()[0]
         if free > 256 and free * 4 > pages:
-            db.execute(f"PRAGMA incremental_vacuum({free})")
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            db.executescript(f"PRAGMA incremental_vacuum({free});")   # (steps to the end)
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def size(self) -> int:
         total = 0
@@ -224,7 +225,8 @@ def _read(db: sqlite3.Connection) -> Snapshot:
     s.retained = dict(db.execute("SELECT topic, message FROM retained"))
     s.sessions = db.execute("SELECT * FROM sessions").fetchall()
     s.subs = db.execute("SELECT * FROM subscriptions").fetchall()
-    s.entries = db.execute("SELECT * FROM entries ORDER BY client_id, seq").fetchall()
+    s.entries = db.execute("SELECT client_id, seq, message, qos, retain, sub_ids, shared, "
+                           "pid, state FROM entries ORDER BY client_id, seq").fetchall()
     s.inbound = db.execute("SELECT * FROM inbound").fetchall()
     s.meta = dict(db.execute("SELECT key, value FROM meta"))
     return s
