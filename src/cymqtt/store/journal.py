@@ -36,6 +36,7 @@ __all__ = ["DurableRetained", "Journal"]
 
 log = logging.getLogger("cymqtt.store")
 
+COMMIT_DELAY = 0.002        # seconds a batch gathers before it is cut (and after a commit)
 COMPACT_INTERVAL = 60.0     # seconds between compactions (on the writer thread)
 RETRY_INTERVAL = 1.0        # seconds between attempts while commits fail (full disk)
 HEARTBEAT = 2.0             # the store learns the broker is alive at least this often
@@ -422,11 +423,7 @@ class Journal(RegistryListener):
             mid = msg.sid = self._next_mid
             self._next_mid += 1
         refs[mid] = 1
-        expires = None if msg.expires_at is None else \
-            time.time() + (msg.expires_at - self._clock())
-        self.batch.messages[mid] = (mid, msg.topic, msg.payload, msg.qos,
-                                    1 if msg.retain else 0, _blob(msg.properties), expires,
-                                    msg.sender)
+        self.batch.messages[mid] = msg          # its row is made at the cut, if still needed
         return mid
 
     def _hold(self, mid: int) -> int:
@@ -472,13 +469,13 @@ class Journal(RegistryListener):
         self.ops += 1
         if not self._scheduled and self._committing is None and self._loop is not None:
             self._scheduled = True
-            self._loop.call_soon(self._flush)
+            self._loop.call_later(COMMIT_DELAY, self._flush)
 
     def _schedule(self) -> None:
         if not self._scheduled and self._committing is None and self._loop is not None \
                 and self.batch:
             self._scheduled = True
-            self._loop.call_soon(self._flush)
+            self._loop.call_later(COMMIT_DELAY, self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -486,7 +483,14 @@ class Journal(RegistryListener):
         if not batch or self._committing is not None or self._loop is None:
             return
         self.batch = Batch()
-        batch.meta["alive"] = time.time()
+        wall = batch.meta["alive"] = time.time()
+        clock = self._clock()
+        messages = batch.messages
+        for mid, msg in messages.items():
+            if isinstance(msg, Message):      # (a retried batch holds rows already)
+                messages[mid] = (mid, msg.topic, msg.payload, msg.qos, 1 if msg.retain else 0,
+                                 _blob(msg.properties), None if msg.expires_at is None
+                                 else wall + (msg.expires_at - clock), msg.sender)
         batch.seq = self._cut_seq = self.seq
         batch.mid = self._cut_mid = self._next_mid
         batch.wake, self._wake = self._wake, set()
@@ -538,7 +542,10 @@ class Journal(RegistryListener):
             if client.session is not None:       # still connected
                 client.send(frame)
         if self.batch:
-            self._flush()
+            # What came during the commit goes next, after a moment more to gather (a
+            # delivery acknowledged meanwhile is dropped from the batch, never written).
+            self._scheduled = True
+            self._loop.call_later(COMMIT_DELAY, self._flush)
         elif self._idle is not None:
             self._idle.set()
 

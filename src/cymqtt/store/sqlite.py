@@ -48,22 +48,22 @@ CREATE TABLE IF NOT EXISTS inbound (
     client_id TEXT NOT NULL, pid INTEGER NOT NULL, PRIMARY KEY (client_id, pid)) WITHOUT ROWID;
 """
 
-# (table, key columns, all columns) for the coalesced upserts and deletes of a Batch.
-_UPSERT = {
-    "messages": "INSERT OR REPLACE INTO messages VALUES (?,?,?,?,?,?,?,?)",
-    "retained": "INSERT OR REPLACE INTO retained VALUES (?,?)",
-    "sessions": "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?)",
-    "subs": "INSERT OR REPLACE INTO subscriptions VALUES (?,?,?,?)",
-    "entries": "INSERT OR REPLACE INTO entries (client_id, seq, message, qos, retain, "
-               "sub_ids, shared, pid, state) VALUES (?,?,?,?,?,?,?,?,?)",
+# Each Batch change set: its table, its columns, and its key column (None: a composite key,
+# deleted row by row; those tables change rarely).
+_TABLES = {
+    "sessions": ("sessions", "client_id, version, expiry, requested_expiry, disconnected, "
+                 "will, will_delay", "client_id"),
+    "messages": ("messages", "id, topic, payload, qos, retain, properties, expires, sender",
+                 "id"),
+    "retained": ("retained", "topic, message", "topic"),
+    "subs": ("subscriptions", "client_id, filter, options, sub_id", None),
+    "entries": ("entries", "client_id, seq, message, qos, retain, sub_ids, shared, pid, state",
+                "seq"),
 }
-_DELETE = {
-    "messages": "DELETE FROM messages WHERE id = ?",
-    "retained": "DELETE FROM retained WHERE topic = ?",
-    "sessions": "DELETE FROM sessions WHERE client_id = ?",
+_DELETE_BY_ROW = {
     "subs": "DELETE FROM subscriptions WHERE client_id = ? AND filter = ?",
-    "entries": "DELETE FROM entries WHERE seq = ?",
 }
+MAX_VARIABLES = 32766    # SQLite's default bound on one statement's parameters (>= 3.32)
 
 
 class SQLiteStore(Store):
@@ -164,22 +164,33 @@ class SQLiteStore(Store):
 
     @staticmethod
     def _write(db: sqlite3.Connection, batch: Batch) -> None:
+        # Many rows per statement: one sqlite3_step (and one release of the GIL, which the
+        # event loop thread wants back) per few thousand rows rather than per row.
         for cid in batch.ended:
             for table in ("subscriptions", "inbound"):
                 db.execute(f"DELETE FROM {table} WHERE client_id = ?", (cid,))
-        for name in ("sessions", "messages", "retained", "subs", "entries"):
+        for name, (table, columns, key) in _TABLES.items():
             changes = getattr(batch, name)
             if not changes:
                 continue
             gone = [k for k, row in changes.items() if row is None]
-            if gone:
-                db.executemany(_DELETE[name], [k if isinstance(k, tuple) else (k,)
-                                               for k in gone])
-            rows = [row for row in changes.values() if row is not None]
+            if gone and key is None:
+                db.executemany(_DELETE_BY_ROW[name], gone)
+            elif gone:
+                for chunk in _chunks(gone, MAX_VARIABLES):
+                    db.execute(f"DELETE FROM {table} WHERE {key} IN "
+                               f"({','.join('?' * len(chunk))})", chunk)
             if name == "retained":
                 rows = [(topic, mid) for topic, mid in changes.items() if mid is not None]
+            else:
+                rows = [row for row in changes.values() if row is not None]
             if rows:
-                db.executemany(_UPSERT[name], rows)
+                width = columns.count(",") + 1
+                one = "(" + ",".join("?" * width) + ")"
+                for chunk in _chunks(rows, MAX_VARIABLES // width):
+                    db.execute(f"INSERT OR REPLACE INTO {table} ({columns}) VALUES "
+                               + ",".join([one] * len(chunk)),
+                               [v for row in chunk for v in row])
         if batch.inbound:
             db.executemany("INSERT OR IGNORE INTO inbound VALUES (?,?)",
                            [k for k, put in batch.inbound.items() if put])
@@ -217,6 +228,11 @@ class SQLiteStore(Store):
                 pass
             self._db.close()
             self._db = None
+
+
+def _chunks(items: list, n: int):
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
 
 
 def _read(db: sqlite3.Connection) -> Snapshot:
