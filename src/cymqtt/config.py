@@ -290,6 +290,8 @@ def config_from_dict(data: dict[str, Any], base: Config | None = None) -> Config
                     listeners.append(listener_from_dict(item, f"[[listeners]] #{i + 1}"))
                 except ConfigError as exc:
                     errors.extend(exc.errors)
+            if len(listeners) < len(value):
+                continue        # (not also "'port' must be set when there are no listeners")
             values[key] = tuple(listeners)
             if "port" not in data:
                 values["port"] = None     # only the listeners, as mosquitto's `listener`

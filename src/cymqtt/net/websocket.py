@@ -71,6 +71,10 @@ class _QuietLogger(logging.LoggerAdapter):
         self.debug(msg, *args, **kwargs)
 
 
+# What the first byte of an HTTP request can be: a method's first letter (RFC 9110 uses
+# capitals; websockets then refuses any but GET).
+_METHOD_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
 _WS_LOG = _QuietLogger(logging.getLogger("cymqtt.net.websocket"), {})
 
 
@@ -89,8 +93,12 @@ class WebSocketConnection(Connection):
 
     def buffer_updated(self, nbytes: int) -> None:
         ws = self.ws
+        data = self._endpoint.read_buffer[:nbytes]
+        if ws.state is CONNECTING and not ws.reader.buffer and data[0] not in _METHOD_START:
+            self._not_http(data[0])
+            return
         # (Copied by the StreamReader: the read buffer is shared by every connection.)
-        ws.receive_data(self._endpoint.read_buffer[:nbytes])
+        ws.receive_data(data)
         protocol = self.protocol
         for event in ws.events_received():
             if event.__class__ is Request:
@@ -105,6 +113,13 @@ class WebSocketConnection(Connection):
         if ws.eof_sent and protocol.state != CONN_CLOSING:
             self._ended_by_websocket()
         self._write_ws()
+
+    def _not_http(self, first: int) -> None:
+        # Not an HTTP request line (which starts with a method in capitals): MQTT or TLS on a
+        # WebSocket port, say. Closed at once rather than after connect_timeout.
+        log.info("%s sent no WebSocket handshake (first byte 0x%02X; an MQTT or TLS client on "
+                 "a WebSocket listener?); closing", self.peer, first)
+        self.protocol.close()
 
     def _handshake(self, request: Request) -> None:
         ws = self.ws
