@@ -8,6 +8,8 @@ RFC 6455 (the WebSocket protocol; close codes in section 7.4.1).
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shutil
 import ssl
 import subprocess
@@ -20,7 +22,7 @@ from cymqtt._fast.codec import Connect, Disconnect, Publish, Subscribe, encode
 from cymqtt.config import ConfigError, ListenerConfig, config_from_dict, load_config
 from cymqtt.mosquitto_conf import load as load_conf
 from cymqtt.net.websocket import FRAME_SLACK
-from helpers_paho import V5, V311, PahoClient
+from helpers_paho import V5, V311, PahoClient, wait_until
 from ws_client import (
     BINARY, CLOSE, CONT, PING, PONG, TEXT, HandshakeRefused, RawWebSocket, frame,
 )
@@ -334,6 +336,61 @@ def test_keep_alive_applies_to_websocket_clients(wsb):
     assert (pkt.type, pkt.reason_code) == (DISCONNECT, 0x8D)
     assert ws.recv_close()[0] == 1000
     ws.close()
+
+
+def test_a_websocket_subscriber_that_stops_reading_is_pushed_back_then_dropped(make_broker):
+    """Back-pressure as for TCP: a WebSocket subscriber that never reads fills its socket, the
+    broker's transport pushes back (the session is unwritable), and after write_timeout the
+    client is disconnected; the TCP publisher flooding it is still served."""
+    bt = make_broker(port=0, listeners=(ws_listener(),), write_timeout=5.0)
+    ws_port = bt.broker.listeners[1]["port"]
+    stalled = RawWebSocket(ws_port, rcvbuf=4096)
+    stalled.send_packet(Connect("stalled"))
+    stalled.send_packet(Subscribe(1, [("flood/t", 0)]))
+    assert [stalled.recv_packet().type for _ in range(2)] == [CONNACK, SUBACK]
+    pub = RawClient(bt.port)
+    pub.send_packet(Connect("flooder"))
+    assert pub.recv_packet().type == CONNACK
+    batch = b"".join(encode(Publish("flood/t", bytes(8192)), 4) for _ in range(20))
+
+    def stalled_state():
+        s = bt.broker.session("stalled")
+        return None if s is None or s.client is None else (s.client.tx_paused,
+                                                             s.client.writable)
+    sent = 0
+    while bt.call(stalled_state) != (True, False):
+        assert sent < 4000, "the stalled subscriber's socket never filled up"
+        pub.send(batch)
+        sent += 20
+    bt.clock.advance(6.0)
+    bt.sweep()
+    assert bt.call(lambda: bt.broker.session("stalled")) is None
+    assert stalled.closed(10)
+    pub.send(b"\xc0\x00")                        # PINGREQ
+    while pub.recv_packet().type != 13:            # (skipping nothing: it subscribed to none)
+        pass
+    pub.close()
+
+
+def test_connection_messages_name_websocket_endings(wsb, caplog):
+    """The connection log lines a TCP client gets, with the WebSocket reason: the client's
+    close frame, and a text frame the broker refused."""
+    caplog.set_level(logging.INFO, logger="cymqtt")
+
+    def line(pattern: str) -> None:
+        rx = re.compile(pattern)
+        wait_until(lambda: any(rx.fullmatch(r.getMessage()) for r in caplog.records), 5,
+                   what=f"a log line {pattern!r}")
+    polite = raw_connect(wsb.ports["ws"], "polite")
+    line(r"New client connected from 127\.0\.0\.1:\d+ as polite \(p2, c1, k60\)")
+    polite.send_frame(CLOSE, (1001).to_bytes(2, "big"))
+    line(r"Client polite closed its connection \(WebSocket close 1001\)")
+    rude = raw_connect(wsb.ports["ws"], "rude")
+    rude.send_frame(TEXT, b"{}")
+    line(r"Client rude disconnected: WebSocket close 1003 \(MQTT over WebSocket takes binary "
+         r"frames only \[MQTT-6\.0\.0-1\]\)")
+    polite.close()
+    rude.close()
 
 
 # -- what is refused ----------------------------------------------------------------------------

@@ -63,12 +63,17 @@ class HandshakeRefused(Exception):
 
 
 class RawWebSocket:
-    """One client socket; `connect=False` leaves the handshake to `handshake()`."""
+    """One client socket; `connect=False` leaves the handshake to `handshake()`; `rcvbuf`
+    makes its receive buffer small (for a client whose socket fills up)."""
 
     def __init__(self, port: int, *, path: str = "/mqtt", subprotocol: str | None = "mqtt",
                  version: int = 4, tls: ssl.SSLContext | None = None, connect: bool = True,
-                 timeout: float = 5.0) -> None:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+                 timeout: float = 5.0, rcvbuf: int | None = None) -> None:
+        sock = socket.socket()
+        if rcvbuf:              # before connecting, so the TCP window is small from the start
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(timeout)
+        sock.connect(("127.0.0.1", port))
         self.sock = tls.wrap_socket(sock, server_hostname="127.0.0.1") if tls else sock
         self.buf = b""
         self.parser = FrameParser(version)
