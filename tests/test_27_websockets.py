@@ -262,6 +262,38 @@ def test_bench_tool_over_websocket(wsb, pki, transport, qos):
     assert r["errors"] == 0, r["error_detail"]
 
 
+def test_bench_unframer_matches_python_websockets_frames():
+    """The bench's compiled reader of the broker's frames (_wire.WsUnframer) gives back what
+    python-websockets framed, over any split of the stream, and stops at a control frame."""
+    import random
+
+    from websockets.protocol import OPEN
+    from websockets.server import ServerProtocol
+
+    from cymqtt.bench._wire import WsUnframer
+    rnd = random.Random(27)
+    server = ServerProtocol(state=OPEN)
+    payloads = [rnd.randbytes(rnd.choice([0, 1, 125, 126, 65535, 65536, 70000]))
+                for _ in range(40)]
+    for p in payloads:
+        server.send_binary(p)
+    stream = b"".join(server.data_to_send())
+    for _ in range(10):
+        unframer, got, i = WsUnframer(), b"", 0
+        while i < len(stream):
+            k = rnd.randint(1, 9000)
+            data, rest = unframer.feed(stream[i:i + k])
+            assert rest is None
+            got, i = got + data, i + k
+        assert got == b"".join(payloads)
+    server.send_binary(b"abc")
+    server.send_ping(b"x")
+    server.send_binary(b"def")
+    unframer = WsUnframer()
+    assert unframer.feed(b"".join(server.data_to_send())) == (b"abc", b"\x89\x01x\x82\x03def")
+    assert unframer.stopped
+
+
 def test_bench_tool_says_why_a_handshake_fails(wsb):
     """--ws against a TCP listener: the connections fail, each counted with its reason."""
     r = subprocess.run([sys.executable, "-m", "cymqtt.bench", "conn", "--ws", "-c", "2",

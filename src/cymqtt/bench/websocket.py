@@ -11,6 +11,12 @@ Each `write()` becomes one masked binary frame: the bench clients write once per
 (and once per flood batch), so framing and masking (websockets' C speed-up) cost once per
 batch, not once per message. Binary frame payloads go to `client.data_received`; flow control
 (pause_writing/resume_writing) and the socket's end are passed on.
+
+What the broker sends is read by python-websockets until the handshake is done, then by the
+compiled `_wire.WsUnframer` (a header walk per frame: a broker that sends one frame per MQTT
+packet would otherwise make the load generator, not the broker, set the pace), and by
+python-websockets again, for the rest of the connection, from the first frame that is not
+binary data (a ping, a close).
 """
 from __future__ import annotations
 
@@ -23,13 +29,15 @@ from websockets.http11 import Response
 from websockets.protocol import OPEN
 from websockets.uri import parse_uri
 
+from cymqtt.bench._wire import WsUnframer
+
 __all__ = ["WebSocketAdapter"]
 
 
 class WebSocketAdapter(asyncio.Protocol):
     """One WebSocket connection carrying one MQTT client's bytes."""
 
-    __slots__ = ("client", "ws", "transport", "_up")
+    __slots__ = ("client", "ws", "transport", "_up", "_fast")
 
     def __init__(self, client: asyncio.Protocol, uri: str) -> None:
         self.client = client
@@ -37,6 +45,9 @@ class WebSocketAdapter(asyncio.Protocol):
         self.ws = ClientProtocol(parse_uri(uri), subprotocols=["mqtt"], max_size=None)
         self.transport: asyncio.Transport | None = None
         self._up = False                 # client.connection_made was called
+        # Data frames' reader after the handshake: None before it, False once python-websockets
+        # reads everything (a control frame came).
+        self._fast: WsUnframer | None | bool = None
 
     # -- the socket's side ---------------------------------------------------------------------
 
@@ -46,6 +57,15 @@ class WebSocketAdapter(asyncio.Protocol):
         self._write_ws()
 
     def data_received(self, data: bytes) -> None:
+        fast = self._fast
+        if fast:
+            payload, rest = fast.feed(data)
+            if payload:
+                self.client.data_received(payload)
+            if rest is None:
+                return
+            self._fast = False
+            data = rest
         ws = self.ws
         ws.receive_data(data)
         client = self.client
@@ -57,6 +77,8 @@ class WebSocketAdapter(asyncio.Protocol):
             # Pings are answered by ws; a close frame is answered by ws, then the broker
             # closes the socket.
         self._write_ws()
+        if fast is None and self._up and ws.state is OPEN and not ws.reader.buffer:
+            self._fast = WsUnframer()        # at a frame boundary: the compiled reader's turn
 
     def _handshake_done(self) -> None:
         if self.ws.handshake_exc is not None:
