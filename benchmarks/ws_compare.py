@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """MQTT over WebSocket against MQTT over TCP, cymqtt beside mosquitto, in one run.
 
-    flock /tmp/cpu.lock .venv/bin/python benchmarks/websockets.py            # ~3 minutes
-    .venv/bin/python benchmarks/websockets.py --duration 5 --repeat 1        # a quick look
+    flock /tmp/cpu.lock .venv/bin/python benchmarks/ws_compare.py            # ~6 minutes
+    .venv/bin/python benchmarks/ws_compare.py --duration 5 --repeat 1        # a quick look
+
+(Not named websockets.py: a script's folder comes first on sys.path, so that name would shadow
+the websockets package for the other scripts here, benchmarks/sink.py among them.)
 
 Each broker listens on TCP and on WebSocket (cymqtt: a [[listeners]] table with
 `protocol = "websockets"`; mosquitto: `listener N` + `protocol websockets`, which Debian's
@@ -157,7 +160,7 @@ def report(results: dict, o: argparse.Namespace) -> str:
         f"{m.get('python', '?')}; broker on CPU {o.broker_cpu}, cymqtt-bench on CPU "
         f"{o.load_cpu} (taskset); a fresh broker per run, each run {o.duration:g} s, "
         f"{o.repeat} run(s) per cell (median).", "",
-        "Command:", "", "    flock /tmp/cpu.lock .venv/bin/python benchmarks/websockets.py "
+        "Command:", "", "    flock /tmp/cpu.lock .venv/bin/python benchmarks/ws_compare.py "
         f"--duration {o.duration:g} --repeat {o.repeat}"
         + ("" if mosquitto_ran(results) else " --no-mosquitto"), "",
         "Each run is `cymqtt-bench pubsub --pairs 100 --size 64 --qos Q --duration D "
