@@ -88,6 +88,7 @@ class PahoClient:
     :param connect: connect now and wait for CONNACK (else call `connect()` later).
     :param expect_rc: fail unless CONNACK carries this code (None: accept anything).
     :param tls: arguments of paho's `tls_set` (ca_certs, certfile, keyfile): connect over TLS.
+    :param transport: "tcp", or "websockets" (MQTT over WebSocket, path /mqtt).
     """
 
     def __init__(self, port: int, client_id: str = "", protocol: int = V5, *,
@@ -96,7 +97,7 @@ class PahoClient:
                  password: str | None = None, host: str = "127.0.0.1",
                  connect_properties: Properties | None = None, connect: bool = True,
                  expect_rc: int | None = 0, timeout: float = DEFAULT_TIMEOUT,
-                 tls: dict | None = None) -> None:
+                 tls: dict | None = None, transport: str = "tcp") -> None:
         self.port = port
         self.host = host
         self.protocol = protocol
@@ -116,7 +117,7 @@ class PahoClient:
         self.disconnect_properties: dict = {}
         kwargs: dict[str, Any] = dict(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
                                       client_id=client_id, protocol=protocol,
-                                      reconnect_on_failure=False)
+                                      reconnect_on_failure=False, transport=transport)
         if protocol != V5:
             kwargs["clean_session"] = clean
         self.client = c = mqtt.Client(**kwargs)
@@ -226,6 +227,7 @@ class PahoClient:
         """Close the socket without DISCONNECT (as if the client crashed or the network died)."""
         sock = self.client.socket()
         if sock is not None:
+            sock = getattr(sock, "_socket", sock)     # over WebSocket: paho's wrapper's socket
             try:
                 sock.shutdown(socket.SHUT_RDWR)   # no DISCONNECT; also wakes paho's loop
             except OSError:

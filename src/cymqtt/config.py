@@ -16,7 +16,7 @@ __all__ = ["Config", "ConfigError", "ListenerConfig", "config_from_dict", "load_
 
 SHARED_STRATEGIES = ("round_robin", "random", "hash_clientid", "hash_topic", "sticky")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-LISTENER_PROTOCOLS = ("mqtt",)
+LISTENER_PROTOCOLS = ("mqtt", "websockets")    # MQTT over TCP, over WebSocket
 TLS_VERSIONS = ("tlsv1.2", "tlsv1.3")
 DEFAULT_DATA_DIR = "cymqtt-data"
 
@@ -32,9 +32,11 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ListenerConfig:
-    """One `[[listeners]]` table, with mosquitto's key names. TLS when `certfile` and `keyfile`
-    are both set; `cafile` checks client certificates (required with `require_certificate`);
-    `use_identity_as_username` makes the client certificate's CN the user name."""
+    """One `[[listeners]]` table, with mosquitto's key names. `protocol` is "mqtt" (MQTT over
+    TCP) or "websockets" (MQTT over WebSocket, any request path). TLS when `certfile` and
+    `keyfile` are both set (then "mqtts" or "wss"); `cafile` checks client certificates
+    (required with `require_certificate`); `use_identity_as_username` makes the client
+    certificate's CN the user name."""
 
     port: int
     host: str = "127.0.0.1"
@@ -309,6 +311,8 @@ def config_from_dict(data: dict[str, Any], base: Config | None = None) -> Config
                     listeners.append(listener_from_dict(item, f"[[listeners]] #{i + 1}"))
                 except ConfigError as exc:
                     errors.extend(exc.errors)
+            if len(listeners) < len(value):
+                continue        # (not also "'port' must be set when there are no listeners")
             values[key] = tuple(listeners)
             if "port" not in data:
                 values["port"] = None     # only the listeners, as mosquitto's `listener`

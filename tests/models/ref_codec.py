@@ -268,6 +268,9 @@ def decode_publish_stream(data: bytes, version: int = 4) -> tuple[list[RefPublis
         first = data[pos]
         if first // 16 != 3:
             raise RefError(f"not a PUBLISH: {first:#x}")
+        if (first >> 1) & 3 == 3:
+            # Refused from the fixed header, as the parser does, not once the body is in.
+            raise RefError("QoS 3")
         try:
             length, body_at = decode_varint(data, pos + 1)
         except RefError as exc:

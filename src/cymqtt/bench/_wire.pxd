@@ -6,6 +6,7 @@
 #                 stamps read into a LatencyHistogram, QoS 1/2 acks written; any other packet
 #                 is handed back whole for the Python FrameParser.
 # LatencyHistogram the log-linear histogram of stats.py, as a C array.
+# WsUnframer      --ws: the broker's WebSocket data frames -> their payloads, in one walk.
 
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
@@ -46,3 +47,10 @@ cdef class DeliveryReader:
     cdef Py_ssize_t _scan(self, const unsigned char *p, Py_ssize_t n, int64_t now_ns) except -1
     cdef int _publish(self, const unsigned char *body, Py_ssize_t rl, int flags,
                       int64_t now_ns) except -1
+
+
+cdef class WsUnframer:
+    cdef bytearray _tail                 # an incomplete frame held from the last feed, or None
+    cdef readonly bint stopped           # a non-data frame came: the rest is not for us
+
+    cdef bytes _join(self, bytes buf, list spans, Py_ssize_t total)

@@ -44,6 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--persistent-subs", action="store_true",
                    help="subscribers keep persistent sessions (3.x clean session 0, 5.0 session "
                         "expiry 300 s): what a broker with persistence writes to its store")
+    g.add_argument("--ws", dest="ws", action="store_const", const="ws", default=None,
+                   help="MQTT over WebSocket: ws://HOST:PORT/mqtt, subprotocol mqtt")
+    g.add_argument("--wss", dest="ws", action="store_const", const="wss",
+                   help="MQTT over secure WebSocket (wss://); the broker's certificate is "
+                        "checked against --cafile, or not at all without it")
+    g.add_argument("--ws-path", default="/mqtt",
+                   help="request path of the WebSocket handshake (default /mqtt)")
+    g.add_argument("--cafile", default=None,
+                   help="CA certificate (PEM) that signs the broker's, for --wss")
     g.add_argument("--procs", type=int, default=1,
                    help="worker processes to spread the clients over (default 1)")
     g.add_argument("--ifaddrs", default=None,
@@ -181,6 +190,7 @@ def options(args: argparse.Namespace) -> dict:
         "keepalive": args.keepalive, "procs": max(1, args.procs), "ifaddrs": args.ifaddrs,
         "username": args.username, "password": args.password,
         "persistent_subs": args.persistent_subs,
+        "ws": args.ws, "ws_path": args.ws_path, "cafile": args.cafile,
         "max_pending": max(1, args.max_pending), "conns_per_addr": max(1, args.conns_per_addr),
         "connect_timeout": args.connect_timeout,
         "client_prefix": args.client_prefix, "interval": max(0.1, args.interval),
@@ -241,6 +251,13 @@ def check(o: dict, cmd: str) -> str | None:
         return "conn needs --clients N > 0"
     if cmd in ("pub", "sub") and not (o["pubs"] or o["subs"]):
         return "--clients must be > 0"
+    if o["ws"] is not None and cmd == "retained":
+        return "retained speaks MQTT over TCP only (--ws and --wss are for conn, pub, sub, " \
+               "pubsub)"
+    if o["cafile"] is not None and o["ws"] != "wss":
+        return "--cafile is for --wss"
+    if not o["ws_path"].startswith("/"):
+        return f"--ws-path must start with /, not {o['ws_path']!r}"
     if not 0 < o["port"] < 65536:
         return f"--port {o['port']} is not a TCP port"
     if "%i" not in o["topic"] and cmd == "pubsub" and o["pairs"] and o["pairs"] > 1:
@@ -259,7 +276,8 @@ def _num(v, unit: str = "") -> str:
 def summary_table(r: dict) -> str:
     lines = []
     what = r["command"]
-    head = f"cymqtt-bench {r['scenario']} ({what}) against {r['broker']}, " \
+    over = "" if r.get("transport", "tcp") == "tcp" else f" over {r['transport']}://"
+    head = f"cymqtt-bench {r['scenario']} ({what}) against {r['broker']}{over}, " \
            f"{VERSIONS.get(r['version'], r['version'])}"
     if r["qos"] is not None:
         head += f", QoS {r['qos']}"

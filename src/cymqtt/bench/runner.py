@@ -435,6 +435,7 @@ class Coordinator:
             "scenario": scenario,
             "command": self.mode,
             "broker": f"{o['host']}:{o['port']}",
+            "transport": o.get("ws") or "tcp",          # tcp, ws or wss
             "version": o["version"],
             "qos": o["qos"] if self.mode != "conn" else None,
             "size": o["size"] if self.mode in ("pub", "pubsub") else None,

@@ -27,11 +27,13 @@ import asyncio
 import heapq
 import os
 import socket
+import ssl
 import time
 from collections import Counter
 
 from cymqtt.bench._wire import LatencyHistogram
 from cymqtt.bench.client import BenchClient, PublishTemplate
+from cymqtt.bench.websocket import WebSocketAdapter
 
 PROGRESS_PERIOD = 0.2
 TICK = 0.001                  # fixed-rate publishing: the shortest gap between two ticks
@@ -75,6 +77,9 @@ class Worker:
         self.inflight = o["inflight"]
         self.high_water = o["high_water"]
         self.sndbuf = o.get("sndbuf", 0)
+        # MQTT over WebSocket (--ws, --wss): the URI of the handshake and the TLS context.
+        self.ws_uri = ws_uri(o)
+        self.tls = tls_context(o)
         self.batch_bytes = o["batch_bytes"]
         self.connect_rate = float(o["connect_rate"] or 0) / max(1, o["procs"])
         self.max_pending = max(1, o["max_pending"] // max(1, o["procs"]))
@@ -169,10 +174,15 @@ class Worker:
             return addrs[min(len(addrs) - 1, ordinal // per)]
         return addrs[ordinal % len(addrs)]
 
+    def _protocol(self, c: BenchClient) -> asyncio.Protocol:
+        # The socket's asyncio protocol: the client itself, or its WebSocket adapter.
+        return c if self.ws_uri is None else WebSocketAdapter(c, self.ws_uri)
+
     async def _open(self, c: BenchClient, source: str | None) -> None:
         loop = self.loop
+        tls = {} if self.tls is None else {"ssl": self.tls, "server_hostname": self.host}
         if source is None:
-            await loop.create_connection(lambda: c, self.host, self.port)
+            await loop.create_connection(lambda: self._protocol(c), self.host, self.port, **tls)
             return
         family = socket.AF_INET6 if ":" in source else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -186,7 +196,7 @@ class Worker:
             sock.bind((source, 0))
             await loop.sock_connect(sock, (self.host, self.port))
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await loop.create_connection(lambda: c, sock=sock)
+            await loop.create_connection(lambda: self._protocol(c), sock=sock, **tls)
         except BaseException:
             sock.close()
             raise
@@ -589,6 +599,29 @@ class Worker:
                 loop.remove_reader(fd)
             except Exception:  # pragma: no cover
                 pass
+
+
+def ws_uri(o: dict) -> str | None:
+    """The WebSocket URI the clients' handshake names (None: MQTT over plain TCP)."""
+    scheme = o.get("ws")
+    if scheme is None:
+        return None
+    host = f"[{o['host']}]" if ":" in o["host"] else o["host"]
+    return f"{scheme}://{host}:{o['port']}{o.get('ws_path') or '/mqtt'}"
+
+
+def tls_context(o: dict) -> ssl.SSLContext | None:
+    """The clients' TLS context for --wss: the broker's certificate checked against --cafile,
+    or not checked at all without one (a benchmark, like mosquitto_pub --insecure)."""
+    if o.get("ws") != "wss":
+        return None
+    if o.get("cafile"):
+        ctx = ssl.create_default_context(cafile=o["cafile"])
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def worker_main(wid: int, plan: dict, chan) -> None:

@@ -1,9 +1,12 @@
 """The listeners a broker accepts connections on, built from its config.
 
-The top-level `host`/`port` and each `[[listeners]]` table: plain TCP, or TLS (stdlib `ssl`,
-which asyncio and uvloop both drive) with optional client certificates (mTLS). Every accepted
-socket becomes a `net.Connection` driving a `ClientProtocol`; the set of open ones is kept here
-for the sweep and for shutdown, and the connection counts `max_connections` limits.
+The top-level `host`/`port` and each `[[listeners]]` table: MQTT over plain TCP, or over TLS
+(stdlib `ssl`, which asyncio and uvloop both drive) with optional client certificates (mTLS);
+with `protocol = "websockets"`, MQTT over WebSocket on either (net/websocket.py). Listener
+names say which: "mqtt:1883", "mqtts:8883", "ws:8080", "wss:8081". Every accepted socket
+becomes a `net.Connection` (a `WebSocketConnection` on a WebSocket listener) driving a
+`ClientProtocol`; the set of open ones is kept here for the sweep and for shutdown, and the
+connection counts `max_connections` limits.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING
 from cymqtt.config import ConfigError, ListenerConfig
 from cymqtt.net.accept import AcceptServer, start_server
 from cymqtt.net.connection import READ_SIZE, Admission, Connection, Endpoint, Flusher
+from cymqtt.net.websocket import WebSocketConnection
 
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.config import Config
@@ -24,6 +28,12 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["ListenerSet", "ListenerSpec", "specs_from_config", "tls_context"]
 
 log = logging.getLogger("cymqtt.net")
+
+# A listener's `protocol` -> the asyncio protocol class of its connections, and its names'
+# scheme (plain, TLS).
+CONNECTION_TYPES: dict[str, type[Connection]] = {"mqtt": Connection,
+                                                  "websockets": WebSocketConnection}
+SCHEMES = {"mqtt": ("mqtt", "mqtts"), "websockets": ("ws", "wss")}
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,7 @@ def specs_from_config(config: Config) -> list[ListenerSpec]:
     specs = []
     names: set[str] = set()
     for lc in listeners:
-        name = f"{'mqtts' if lc.tls else 'mqtt'}:{lc.port}"
+        name = f"{SCHEMES[lc.protocol][lc.tls]}:{lc.port}"
         if name in names:
             name = f"{name}@{lc.host}"
         names.add(name)
@@ -137,7 +147,9 @@ class ListenerSet:
         """The asyncio protocol for one accepted socket of `listener` (the first one by
         default; after bind_loop)."""
         assert self.flusher is not None, "bind_loop() first"
-        return Connection(self._ctx, self._endpoints[listener or self.specs[0].name])
+        endpoint = self._endpoints[listener or self.specs[0].name]
+        protocol = endpoint.config.protocol if endpoint.config is not None else "mqtt"
+        return CONNECTION_TYPES[protocol](self._ctx, endpoint)
 
     @staticmethod
     def _port_of(server: AcceptServer) -> int:
