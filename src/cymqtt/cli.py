@@ -15,7 +15,8 @@ import sys
 
 from cymqtt import logs
 from cymqtt._version import __version__
-from cymqtt.config import LOG_LEVELS, Config, ConfigError, config_from_dict
+from cymqtt.config import LOG_LEVELS, Config, ConfigError, HttpConfig, config_from_dict
+from cymqtt.http.errors import BindError
 from cymqtt.mosquitto_conf import load as load_config_file
 
 log = logging.getLogger("cymqtt")
@@ -31,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", metavar="FILE",
                    help="config file: TOML, or a mosquitto.conf (a file that is not TOML, "
                         "named *.conf or written as `key value` lines)")
+    p.add_argument("--http", type=int, metavar="PORT",
+                   help="serve the HTTP API, /metrics and the dashboard on PORT (on the "
+                        "[http] host, default 127.0.0.1; 0 picks a free one)")
     p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS,
                    help="logging level (default info)")
     p.add_argument("-v", "--verbose", action="store_true",
@@ -49,7 +53,11 @@ def make_config(args: argparse.Namespace) -> tuple[Config, list[str]]:
     log_level = args.log_level or ("debug" if args.verbose else None)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
                                    ("log_level", log_level)) if v is not None}
-    return (config_from_dict(overrides, config) if overrides else config), warnings
+    config = config_from_dict(overrides, config) if overrides else config
+    if args.http is not None:
+        http = config.http or HttpConfig(args.http)
+        config = config.replace(http=HttpConfig(args.http, http.host, http.token))
+    return config, warnings
 
 
 def _install_loop() -> str:
@@ -172,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (ImportError, ConfigError) as exc:
         # ConfigError here: a file the config names (certificate, password or ACL file)
+        print(f"cymqtt: {exc}", file=sys.stderr)
+        return 2
+    except BindError as exc:          # the [http] listener's address
         print(f"cymqtt: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
