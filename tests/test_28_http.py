@@ -439,3 +439,94 @@ def test_dashboard_page_and_its_files_are_served(api):
     for name in ("dashboard.js", "dashboard.css"):
         assert f"/static/{name}" in html
         assert api.call("GET", f"/static/{name}")[0] == 200
+
+
+# -- config, embedding and the command -------------------------------------------------------
+
+def test_http_config_errors_come_all_at_once():
+    from cymqtt.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"http": {"prot": 80, "host": 1, "token": ""}})
+    assert err.value.errors == ["[http]: unknown key 'prot'; did you mean 'port'?",
+                                "[http]: 'host' must be str, not 1",
+                                "[http]: 'port' is required"]
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"http": {"port": 70000, "token": " x"}, "htp": 1})
+    assert err.value.errors == [
+        "[http]: 'port' must be a port number 0..65535, not 70000",
+        "[http]: 'token' must be a non-empty string without surrounding spaces (leave it out "
+        "for no token)",
+        "unknown config key 'htp'; did you mean 'http'?"]
+    with pytest.raises(ConfigError, match=r"'http' must be a table \(\[http\]\), not int"):
+        config_from_dict({"http": 8080})
+    assert config_from_dict({"http": {"port": 8080}}).http == HttpConfig(8080)
+    assert "token" not in repr(HttpConfig(8080, token="secret"))
+
+
+def test_embedded_broker_serves_http_and_a_taken_port_leaves_nothing_bound():
+    import asyncio
+    import socket
+
+    from cymqtt.broker import Broker
+    from cymqtt.http.errors import BindError
+
+    async def main() -> None:
+        async with Broker(port=0, sys_interval=0, http=HttpConfig(port=0)) as broker:
+            loop = asyncio.get_running_loop()
+            status, _ = await loop.run_in_executor(
+                None, Api(broker.http_port).call, "GET", "/api/v1/stats")
+            assert status == 200
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            broker = Broker(port=0, sys_interval=0, http=HttpConfig(port=port))
+            with pytest.raises(BindError) as err:
+                await broker.start()
+            assert str(err.value) == (
+                f"HTTP port {port} on 127.0.0.1 is already in use; stop the other server or "
+                f"choose another ([http] port, or --http PORT)")
+            assert broker.listeners == []            # the MQTT listener was closed again
+
+    asyncio.run(main())
+
+
+def test_the_command_serves_http_from_the_config_file_and_from_the_flag(tmp_path):
+    from _testbase import Cli
+
+    conf = tmp_path / "cymqtt.toml"
+    conf.write_text('port = 0\nsys_interval = 0\n[http]\nport = 0\ntoken = "t0k"\n')
+    for args in (("-c", str(conf)), ("-p", "0", "--http", "0")):
+        cli = Cli("asyncio", *args)
+        try:
+            m = cli.wait_for(r"dashboard at http://127\.0\.0\.1:(\d+)/")
+            api = Api(int(m.group(1)), token="t0k" if "-c" in args else None)
+            assert api.ok("GET", "/api/v1/listeners")["listeners"][0]["port"] == cli.port
+        finally:
+            assert cli.stop() == 0
+        assert not any("Traceback" in line for line in cli.lines)
+
+
+def test_the_command_says_in_one_line_that_the_http_port_is_taken(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "cymqtt", "-p", "0", "--http", str(port)],
+                           capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert f"cymqtt: HTTP port {port} on 127.0.0.1 is already in use" in r.stderr
+    conf = tmp_path / "bad.toml"
+    conf.write_text("[http]\nprot = 8080\n")
+    r = subprocess.run([sys.executable, "-m", "cymqtt", "-c", str(conf)], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        f"cymqtt: {conf}: [http]: unknown key 'prot'; did you mean 'port'?",
+        f"cymqtt: {conf}: [http]: 'port' is required"]
