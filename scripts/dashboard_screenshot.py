@@ -65,7 +65,7 @@ def traffic(port: int, stop: threading.Event, seconds: float) -> list[mqtt.Clien
             while len(sensors) < want:
                 i = len(sensors) + 1
                 c = client(port, f"line-{(i - 1) % 4 + 1}/sensor-{i:02d}", v5=i % 3 != 0,
-                           keepalive=15 if i % 2 else 60)
+                           keepalive=15 if i % 2 else 60, username=f"gateway-{(i - 1) % 4 + 1}")
                 c.publish(f"plant/line-{i}/model", f"TH-{200 + i}".encode(), 1, retain=True)
                 sensors.append(c)
             rate = 40 + 30 * len(sensors) * (1.2 + math.sin(t / 14))
@@ -94,7 +94,7 @@ def browser(width: int, height: int) -> webdriver.Chrome:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=150.0, help="traffic before the shot")
+    ap.add_argument("--seconds", type=float, default=290.0, help="traffic before the shot")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "dashboard.png"))
     ap.add_argument("--size", default="1440x1100", help="window WIDTHxHEIGHT")
     args = ap.parse_args()

@@ -530,3 +530,11 @@ def test_the_command_says_in_one_line_that_the_http_port_is_taken(tmp_path):
     assert r.stderr.splitlines() == [
         f"cymqtt: {conf}: [http]: unknown key 'prot'; did you mean 'port'?",
         f"cymqtt: {conf}: [http]: 'port' is required"]
+
+
+def test_a_changed_http_table_waits_for_a_restart(bt, api):
+    port = bt.broker.http_port
+    new = bt.broker.config.replace(http=HttpConfig(port=0, token="later"))
+    assert bt.call(lambda: bt.broker.reload(new))["restart"] == ["http"]
+    assert bt.broker.http_port == port
+    assert api.call("GET", "/api/v1/stats")[0] == 200         # still no token asked
