@@ -168,8 +168,8 @@ class Broker:
 
     @property
     def http_port(self) -> int | None:
-        """The port of the HTTP API, metrics and dashboard (the one chosen, with port 0), or
-        None when there is no [http] listener or the broker is not running."""
+        """The port of the HTTP API, metrics and dashboard (once started, the one chosen with
+        port 0), or None when there is no [http] listener."""
         return self._http.port if self._http is not None else None
 
     def _offload(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
