@@ -147,9 +147,15 @@ def test_disconnect_button_disconnects_the_client(driver, bt, clients):
     button = row.find_element("css selector", "button.disconnect")
     assert button.text == "Disconnect"
     button.click()                                        # first click: asks to confirm
-    eventually(driver, lambda d: client_row(d, "to-kick").find_element(
-        "css selector", "button.disconnect").text == "Confirm", "the button to ask")
-    client_row(driver, "to-kick").find_element("css selector", "button.disconnect").click()
+
+    def confirm(d) -> bool:
+        # The table is redrawn every 2 s (a redrawn button stays armed): find it afresh.
+        again = client_row(d, "to-kick").find_element("css selector", "button.disconnect")
+        if again.text != "Confirm":
+            return False
+        again.click()
+        return True
+    eventually(driver, confirm, "the button to ask, and the second click")
 
     expect_disconnect(c, 0x98)                            # the client's side
     wait_until(lambda: bt.call(lambda: bt.broker.client("to-kick")) is None,
