@@ -6,8 +6,9 @@ fails here, before anything is installed.
     python scripts/check_wheel.py --installed      # the cymqtt this interpreter has installed
 
 A wheel must hold every Python module of src/cymqtt, one compiled extension per .pyx (for the
-wheel's own Python), a .pyi stub for each _fast module, cymqtt/py.typed and the LICENSE, and no
-.c/.pyx/.pxd/.pxi/.html. An sdist must hold every file `git ls-files` lists under src/, tests/
+wheel's own Python), a .pyi stub for each _fast module, cymqtt/py.typed, the dashboard's files
+(cymqtt/http/static/) and the LICENSE, and no .c/.pyx/.pxd/.pxi, nor Cython's annotated .html
+beside them. An sdist must hold every file `git ls-files` lists under src/, tests/
 (node_modules aside) plus LICENSE, MANIFEST.in, pyproject.toml and setup.py, and no generated C.
 Pure stdlib, so it runs in any venv (cibuildwheel's, CI's fresh one).
 """
@@ -23,7 +24,10 @@ import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST_STUBS = ("buffer", "codec", "consts", "inflight", "topics")
-SOURCE_ONLY = ("*.c", "*.cpp", "*.pyx", "*.pxd", "*.pxi", "*.html", "*.o")
+SOURCE_ONLY = ("*.c", "*.cpp", "*.pyx", "*.pxd", "*.pxi", "*.o")
+# Where Cython writes its annotated .html (beside the .pyx); the dashboard's .html is shipped.
+CYTHON_DIRS = ("cymqtt/_fast/", "cymqtt/bench/")
+STATIC = "src/cymqtt/http/static/"
 
 
 def project_files(*tops: str) -> list[str]:
@@ -68,6 +72,7 @@ def check_names(names: set[str], version: str, pytag: str, windows: bool) -> lis
     py = [f for f in project_files("src/cymqtt") if f.endswith(".py")]
     want = {f[len("src/"):] for f in py}
     want |= {f"cymqtt/_fast/{m}.pyi" for m in FAST_STUBS} | {"cymqtt/py.typed"}
+    want |= {f[len("src/"):] for f in project_files(STATIC)}
     want.add(f"cymqtt-{version}.dist-info/licenses/LICENSE")
     for f in sorted(want - names):
         errors.append(f"missing {f}")
@@ -81,7 +86,8 @@ def check_names(names: set[str], version: str, pytag: str, windows: bool) -> lis
         elif abi not in built[0]:
             errors.append(f"{built[0]}: compiled for another Python than {pytag}")
     for n in sorted(names):
-        if any(fnmatch.fnmatch(n, pat) for pat in SOURCE_ONLY):
+        if any(fnmatch.fnmatch(n, pat) for pat in SOURCE_ONLY) or (
+                n.endswith(".html") and n.startswith(CYTHON_DIRS)):
             errors.append(f"source file in the wheel: {n}")
     return errors
 
@@ -96,7 +102,8 @@ def check_sdist(path: str) -> list[str]:
     want |= {"LICENSE", "MANIFEST.in", "pyproject.toml", "setup.py", "README.md", "PKG-INFO"}
     errors = [f"missing {f}" for f in sorted(want - names)]
     errors += [f"generated file in the sdist: {n}" for n in sorted(names)
-               if fnmatch.fnmatch(n, "*.c") or n.endswith((".so", ".pyd", ".o", ".html"))]
+               if fnmatch.fnmatch(n, "*.c") or n.endswith((".so", ".pyd", ".o"))
+               or (n.endswith(".html") and n.startswith(tuple("src/" + d for d in CYTHON_DIRS)))]
     return errors
 
 

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs the outside tools the test suite and benchmarks talk to: mosquitto_pub/mosquitto_sub
-# (Debian's mosquitto-clients) and the mosquitto broker (the peer in benchmarks and interop tests).
-# Idempotent: does nothing when they are already there.
+# (Debian's mosquitto-clients), the mosquitto broker (the peer in benchmarks and interop tests),
+# and headless Chromium with its chromedriver (Debian's chromium, chromium-driver: the dashboard
+# tests drive them with selenium). Idempotent: does nothing when they are already there.
 set -euo pipefail
 need=()
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ] && ! command -v sudo >/dev/null; then
     echo "cymqtt: tests need ${need[*]} (Debian packages); install them or run as root" >&2

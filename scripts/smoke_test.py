@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Smoke test of an installed cymqtt: start its `cymqtt` command, do a publish/subscribe round
-trip with real clients, stop it by pid.
+trip with real clients, fetch the dashboard, its files, /metrics and the REST API from its HTTP
+listener (the wheel ships them, and their dependencies install), stop it by pid.
 
 Run with the interpreter of the environment that holds the wheel (cibuildwheel's test venv, the
 fresh venv of scripts/testinstalled.sh); it never imports the checkout. The broker listens on
-127.0.0.1 with --port 0 and the test reads the port it got from its "listening on" line, so no
-other process can take the port in between.
+127.0.0.1 with --port 0 and --http 0, and the test reads the ports it got from its log lines, so
+no other process can take them in between.
 
 Clients: mosquitto_pub/mosquitto_sub (Debian's mosquitto-clients) when they are on PATH, else
 paho-mqtt (cibuildwheel's test containers and the macOS/Windows runners have no mosquitto);
@@ -20,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import urllib.request
 
 TIMEOUT = 20.0
 
@@ -37,12 +39,14 @@ class Broker:
     """The installed broker as a child process; its log is read on a thread."""
 
     def __init__(self) -> None:
-        cmd = cymqtt_command() + ["--host", "127.0.0.1", "--port", "0", "--log-level", "info"]
+        cmd = cymqtt_command() + ["--host", "127.0.0.1", "--port", "0", "--http", "0",
+                                  "--log-level", "info"]
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env=env)
         self.lines: list[str] = []
         self.port = 0
+        self.http_port = 0
         self.loop = ""
         self._ready = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
@@ -57,6 +61,9 @@ class Broker:
             m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
             if m and not self.port:
                 self.port = int(m.group(1))
+            m = re.search(r"dashboard at http://127\.0\.0\.1:(\d+)/", line)
+            if m:
+                self.http_port = int(m.group(1))
             m = re.search(r"event loop: (\w+)", line)
             if m:
                 self.loop = m.group(1)
@@ -119,6 +126,20 @@ def round_trip_paho(port: int, payload: str) -> str:
     return got[0]
 
 
+def fetch_http(port: int) -> list[str]:
+    """The dashboard page and its files, /metrics and /api/v1/stats: what each answered."""
+    seen = []
+    for path, needle in (("/", "<canvas"), ("/static/dashboard.js", "use strict"),
+                         ("/static/dashboard.css", "--bg"), ("/metrics", "cymqtt_connections"),
+                         ("/api/v1/stats", '"uptime"')):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=TIMEOUT) as resp:
+            body = resp.read().decode()
+        if resp.status != 200 or needle not in body:
+            raise SystemExit(f"smoke: GET {path} answered {resp.status} without {needle!r}")
+        seen.append(path)
+    return seen
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--require-mosquitto", action="store_true",
@@ -151,6 +172,10 @@ def main() -> int:
         if got != f"smoke/one {payload}":
             raise SystemExit(f"smoke: expected {payload!r} on smoke/one, got {got!r}")
         print(f"smoke: round trip through 127.0.0.1:{broker.port} with {client}: ok")
+        if not broker.http_port:
+            raise SystemExit("smoke: the broker did not report its HTTP port")
+        paths = fetch_http(broker.http_port)
+        print(f"smoke: HTTP on 127.0.0.1:{broker.http_port}: {', '.join(paths)}: ok")
     finally:
         rc = broker.stop()
     log = "".join(broker.lines)

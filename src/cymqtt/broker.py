@@ -16,16 +16,17 @@ import os
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from cymqtt._fast.codec import encode_publish, validate_topic_name
+from cymqtt._fast.codec import encode_publish, validate_topic_filter, validate_topic_name
+from cymqtt._fast.consts import Property
 from cymqtt._version import __version__
 from cymqtt.access import Authorizer
 from cymqtt.auth import Authenticator
 from cymqtt.config import Config, ConfigError
 from cymqtt.consts import (
-    P_SERVER_REFERENCE, RC_KEEP_ALIVE_TIMEOUT, RC_SERVER_MOVED, RC_SERVER_SHUTTING_DOWN,
-    RC_USE_ANOTHER_SERVER,
+    P_SERVER_REFERENCE, RC_ADMINISTRATIVE_ACTION, RC_KEEP_ALIVE_TIMEOUT, RC_SERVER_MOVED,
+    RC_SERVER_SHUTTING_DOWN, RC_USE_ANOTHER_SERVER,
 )
 from cymqtt.context import Context, load_acl_file, load_password_file
 from cymqtt.message import Message
@@ -38,6 +39,9 @@ from cymqtt.store import DurableRetained, Journal, SQLiteStore, Store
 from cymqtt.stream import MessageStream
 from cymqtt import logs, sys_topics, timers
 from cymqtt.net.accept import open_file_limit
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cymqtt.http.server import HttpServer
 
 __all__ = ["Broker", "RELOADABLE"]
 
@@ -132,6 +136,11 @@ class Broker:
         self._closed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._streams: weakref.WeakSet[MessageStream] = weakref.WeakSet()
+        # The REST API, /metrics and the dashboard ([http]); it reads this facade only.
+        self._http: HttpServer | None = None
+        if config.http is not None:
+            from cymqtt.http.server import HttpServer  # (aiohttp: imported only when needed)
+            self._http = HttpServer(self, config.http)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -144,6 +153,12 @@ class Broker:
             self._restore()
             self._journal.start(loop)
         await self._listeners.start(loop)
+        if self._http is not None:
+            try:
+                await self._http.start()
+            except BaseException:           # (http.BindError: its port is taken)
+                self._listeners.close()
+                raise
         self._running = True
         self._tasks.append(asyncio.create_task(self._sweep_forever(), name="cymqtt-sweep"))
         if self.config.sys_interval > 0:
@@ -151,6 +166,8 @@ class Broker:
                                                    name="cymqtt-sys"))
         for name, host, port in self._listeners.bound:
             log.info("cymqtt %s listening on %s:%d", __version__, host, port)
+        if self._http is not None:
+            log.info("HTTP API, /metrics and dashboard at %s", self._http.url)
 
     def _restore(self) -> None:
         # What the store kept, back before the first client connects (synchronously: the
@@ -175,6 +192,12 @@ class Broker:
         tls, mtls, clients connected through it and its max_connections."""
         return self._listeners.describe()
 
+    @property
+    def http_port(self) -> int | None:
+        """The port of the HTTP API, metrics and dashboard (once started, the one chosen with
+        port 0), or None when there is no [http] listener."""
+        return self._http.port if self._http is not None else None
+
     def _offload(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
         return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
@@ -183,6 +206,8 @@ class Broker:
         if not self._running:
             return
         self._running = False
+        if self._http is not None:
+            await self._http.stop()
         self._listeners.close()
         for stream in list(self._streams):
             stream.close()
@@ -354,6 +379,98 @@ class Broker:
     @property
     def retained_count(self) -> int:
         return len(self._router.retained)
+
+    # -- introspection for operators (what the HTTP API pages through) --------------------------
+    # Lists of keys (strings), sorted, so that a caller pages through 20,000 clients without a
+    # dict per client; it asks `client()`, `subscription()`, `retained_message()` for the page.
+
+    def client_ids(self, search: str | None = None) -> list[str]:
+        """The client ids of the connected clients, sorted; with `search`, only those that
+        contain it (case-insensitive)."""
+        needle = search.casefold() if search else None
+        ids = [p.client_id for p in (c.protocol for c in self._listeners.connections)
+               if p.session is not None
+               and (needle is None or needle in p.client_id.casefold())]
+        ids.sort()
+        return ids
+
+    def subscriptions(self, client_id: str | None = None,
+                      search: str | None = None) -> list[tuple[str, str]]:
+        """(client id, topic filter as subscribed) of every session's subscriptions, connected
+        or not, sorted; `client_id` keeps one client's, `search` those whose filter contains
+        it (case-insensitive)."""
+        if client_id is not None:
+            session = self._registry.get(client_id)
+            sessions = [session] if session is not None else []
+        else:
+            sessions = list(self._registry.sessions.values())
+        needle = search.casefold() if search else None
+        keys = [(s.client_id, f) for s in sessions for f in s.subscriptions
+                if needle is None or needle in f.casefold()]
+        keys.sort()
+        return keys
+
+    def subscription(self, client_id: str, topic_filter: str) -> dict[str, Any] | None:
+        """The subscription of `client_id` to `topic_filter` (as subscribed, `$share/...`
+        included): client id, topic filter, shared group, QoS, the MQTT 5 options
+        (no local, retain as published, retain handling), subscription identifier and whether
+        its client is connected; None when there is none."""
+        session = self._registry.get(client_id)
+        sub = session.subscriptions.get(topic_filter) if session is not None else None
+        if sub is None:
+            return None
+        return {"client_id": client_id, "topic_filter": sub.full_filter, "group": sub.group,
+                "qos": sub.qos, "no_local": sub.no_local,
+                "retain_as_published": sub.retain_as_published,
+                "retain_handling": sub.retain_handling, "subscription_identifier": sub.sub_id,
+                "connected": session.client is not None}
+
+    def retained_topics(self, topic_filter: str = "#") -> list[str]:
+        """The topics with a retained message matching `topic_filter`, sorted. As for a
+        subscriber, `#` and `+` leave out `$` topics (ask for `$SYS/#` to see those).
+
+        :raises ValueError: `topic_filter` is not a valid topic filter.
+        """
+        validate_topic_filter(topic_filter)
+        topics = [m.topic for m in self._router.retained.match(topic_filter, self._clock())]
+        topics.sort()
+        return topics
+
+    def retained_message(self, topic: str) -> dict[str, Any] | None:
+        """The retained message of `topic`: topic, payload (bytes), QoS, seconds until it
+        expires (None: never) and its MQTT 5 properties by lower-case name
+        (``content_type``, ``user_property``, ...); None when the topic has none."""
+        msg = self._router.retained.get(topic)
+        now = self._clock()
+        if msg is None or msg.expired(now):
+            return None
+        props = {Property(k).name.lower(): v for k, v in (msg.properties or {}).items()}
+        return {"topic": msg.topic, "payload": msg.payload, "qos": msg.qos,
+                "expires_in": None if msg.expires_at is None else msg.expires_at - now,
+                "properties": props}
+
+    def delete_retained(self, topic: str) -> bool:
+        """Delete the retained message of `topic`, as an empty retained PUBLISH would, but
+        delivering nothing to subscribers; False when the topic had none."""
+        if self.retained_message(topic) is None:
+            return False
+        self._router.retained.store(Message(topic, b"", 0, True))
+        return True
+
+    def disconnect(self, client_id: str, reason_code: int = RC_ADMINISTRATIVE_ACTION,
+                   reason: str = "administrative action") -> bool:
+        """Close the connection of `client_id`; MQTT 5 clients are sent DISCONNECT with
+        `reason_code` (default 0x98, administrative action) and `reason` first. Like any
+        connection the broker closes, its will is published and its session stays (a
+        persistent one keeps its subscriptions and queues for it). False when it is not
+        connected."""
+        session = self._registry.get(client_id)
+        client = session.client if session is not None else None
+        conn = client.io if client is not None else None
+        if not isinstance(conn, Connection):
+            return False
+        conn.protocol.disconnect(reason_code, reason, why=f"{reason} (Broker.disconnect)")
+        return True
 
     def stats(self) -> dict[str, int]:
         """Every counter and gauge, by name (what $SYS and metrics endpoints show)."""

@@ -15,7 +15,8 @@ import sys
 
 from cymqtt import logs
 from cymqtt._version import __version__
-from cymqtt.config import LOG_LEVELS, Config, ConfigError, config_from_dict
+from cymqtt.config import LOG_LEVELS, Config, ConfigError, HttpConfig, config_from_dict
+from cymqtt.http.errors import BindError
 from cymqtt.mosquitto_conf import load as load_config_file
 
 log = logging.getLogger("cymqtt")
@@ -31,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", metavar="FILE",
                    help="config file: TOML, or a mosquitto.conf (a file that is not TOML, "
                         "named *.conf or written as `key value` lines)")
+    p.add_argument("--http", type=int, metavar="PORT",
+                   help="serve the HTTP API, /metrics and the dashboard on PORT (on the "
+                        "[http] host, default 127.0.0.1; 0 picks a free one)")
     p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS,
                    help="logging level (default info)")
     p.add_argument("-v", "--verbose", action="store_true",
@@ -65,7 +69,11 @@ def with_options(config: Config, args: argparse.Namespace) -> Config:
         overrides["persistence"] = False
     elif config.persistence is None:
         overrides["persistence"] = True
-    return config_from_dict(overrides, config)
+    config = config_from_dict(overrides, config)
+    if args.http is not None:
+        http = config.http or HttpConfig(args.http)
+        config = config.replace(http=HttpConfig(args.http, http.host, http.token))
+    return config
 
 
 def _install_loop() -> str:
@@ -188,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (ImportError, ConfigError) as exc:
         # ConfigError here: a file the config names (certificate, password or ACL file)
+        print(f"cymqtt: {exc}", file=sys.stderr)
+        return 2
+    except BindError as exc:          # the [http] listener's address
         print(f"cymqtt: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -12,7 +12,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["Config", "ConfigError", "ListenerConfig", "config_from_dict", "load_config"]
+__all__ = ["Config", "ConfigError", "HttpConfig", "ListenerConfig", "config_from_dict",
+           "load_config"]
 
 SHARED_STRATEGIES = ("round_robin", "random", "hash_clientid", "hash_topic", "sticky")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -107,6 +108,57 @@ def listener_from_dict(data: Any, where: str) -> ListenerConfig:
     return listener
 
 
+@dataclass(frozen=True)
+class HttpConfig:
+    """The `[http]` table: the HTTP listener serving the REST API (`/api/v1/`), Prometheus
+    metrics (`/metrics`) and the dashboard (`/`). Off unless configured. `token`, when set, is
+    required as ``Authorization: Bearer <token>`` on every `/api/` request (mosquitto has no
+    equivalent keys)."""
+
+    port: int
+    host: str = "127.0.0.1"
+    token: str | None = field(default=None, repr=False)
+
+    def check(self, where: str = "[http]") -> list[str]:
+        """What is wrong with it, one line each (empty when nothing)."""
+        errors = []
+        if not 0 <= self.port <= 65535:
+            errors.append(f"{where}: 'port' must be a port number 0..65535, not {self.port!r}")
+        if not self.host:
+            errors.append(f"{where}: 'host' must be an address to listen on, not empty")
+        if self.token is not None and (not self.token or self.token != self.token.strip()):
+            errors.append(f"{where}: 'token' must be a non-empty string without surrounding "
+                          "spaces (leave it out for no token)")
+        return errors
+
+
+_HTTP_TYPES = {f.name: str(f.type) for f in fields(HttpConfig)}
+
+
+def http_from_dict(data: Any, where: str = "[http]") -> HttpConfig:
+    """An HttpConfig from the [http] table; ConfigError naming every bad key at once."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key 'http' must be a table ([http]), not "
+                          f"{type(data).__name__}")
+    errors = []
+    for key, value in data.items():
+        t = _HTTP_TYPES.get(key)
+        if t is None:
+            close = difflib.get_close_matches(key, _HTTP_TYPES, n=1)
+            errors.append(f"{where}: unknown key '{key}'" + (
+                f"; did you mean '{close[0]}'?" if close else
+                f" (known: {', '.join(_HTTP_TYPES)})"))
+        elif not _is_type(value, t):
+            errors.append(f"{where}: '{key}' must be {t.split(' ')[0]}, not {value!r}")
+    if "port" not in data:
+        errors.append(f"{where}: 'port' is required")
+    if not errors:
+        errors = HttpConfig(**data).check(where)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return HttpConfig(**data)
+
+
 def _is_type(value: Any, type_name: str) -> bool:
     if type_name.startswith("int"):
         return isinstance(value, int) and not isinstance(value, bool)
@@ -125,6 +177,7 @@ class Config:
         `listeners`, the top-level host/port is a listener only when `port` is set too (as in
         mosquitto, where `listener` lines replace the default one): None means none.
     :param listeners: further listeners (TLS, mTLS, other ports), `[[listeners]]` tables.
+    :param http: the HTTP API, metrics and dashboard listener (`[http]`), or None for none.
     """
 
     host: str = "127.0.0.1"
@@ -215,6 +268,8 @@ class Config:
     # "full": also a power loss (one fsync per group commit).
     store_sync: str = "normal"
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # The REST API, Prometheus /metrics and the dashboard ([http]); None: not served.
+    http: HttpConfig | None = None
 
     def __post_init__(self) -> None:
         errors: list[str] = []
@@ -262,6 +317,10 @@ class Config:
         need(self.pid_file is None or self.pid_file != "", "pid_file", "a path")
         need(self.data_dir is None or self.data_dir != "", "data_dir", "a directory")
         need(self.store_sync in ("normal", "full"), "store_sync", '"normal" or "full"')
+        need(self.http is None or isinstance(self.http, HttpConfig), "http",
+             "an HttpConfig (the [http] table)")
+        if isinstance(self.http, HttpConfig):
+            errors.extend(self.http.check())
         if errors:
             raise ConfigError("\n".join(errors))
 
@@ -316,6 +375,12 @@ def config_from_dict(data: dict[str, Any], base: Config | None = None) -> Config
             values[key] = tuple(listeners)
             if "port" not in data:
                 values["port"] = None     # only the listeners, as mosquitto's `listener`
+            continue
+        if key == "http":
+            try:
+                values[key] = http_from_dict(value)
+            except ConfigError as exc:
+                errors.extend(exc.errors)
             continue
         if key not in _TYPES:
             close = difflib.get_close_matches(key, _TYPES, n=1)
