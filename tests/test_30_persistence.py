@@ -35,6 +35,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_listening(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing listens on {port}"
+            time.sleep(0.05)
+
+
 class Peer(RawClient):
     """A raw MQTT client that keeps its own side of the session across reconnects."""
 
@@ -565,14 +576,7 @@ def test_sigkill_mid_flood_loses_nothing_acknowledged(data_dir, qos, when):
         f.write("max_queued = 1000000\n")      # the offline subscriber keeps the whole flood
     args = ("-c", conf, "-p", str(port), "--data-dir", data_dir, "--log-level", "warning")
     cli = Cli("asyncio", *args, logs_to_stderr=False)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    wait_listening(port)
     offline = Peer(port, f"flood-off-{qos}")
     offline.subscribe("flood/#", qos)
     offline.close()
@@ -585,14 +589,7 @@ def test_sigkill_mid_flood_loses_nothing_acknowledged(data_dir, qos, when):
     assert len(acked) > 0
     cli = Cli("asyncio", *args, logs_to_stderr=False)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+        wait_listening(port)
         flood.finish()
         online.reconnect()
         off = Receiver.__new__(Receiver)

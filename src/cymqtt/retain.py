@@ -48,7 +48,11 @@ class MemoryRetainStore(RetainStore):
             for m in found:
                 if m.expired(now):
                     self._index.delete(m.topic)
+                    self._expired(m)
         return live
+
+    def _expired(self, msg: Message) -> None:
+        """`msg` expired and was removed (a durable subclass removes it from disk too)."""
 
     def get(self, topic: str) -> Message | None:
         return self._index.get(topic)

@@ -65,16 +65,9 @@ class DurableRetained(MemoryRetainStore):
         super().store(msg)
         self._journal.retained(msg.topic, old, msg if msg.payload else None)
 
-    def match(self, topic_filter: str, now: float) -> list[Message]:
-        found = self._index.match(topic_filter)
-        live = [m for m in found if not m.expired(now)]
-        if len(live) != len(found):
-            for m in found:
-                if m.expired(now):
-                    self._index.delete(m.topic)
-                    if m.sid:
-                        self._journal.retained(m.topic, m, None)
-        return live
+    def _expired(self, msg: Message) -> None:
+        if msg.sid:
+            self._journal.retained(msg.topic, msg, None)
 
     def restore(self, msg: Message) -> None:
         """Put back a message loaded from the store (not journaled again)."""
