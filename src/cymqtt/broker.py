@@ -591,7 +591,8 @@ class Broker:
         ] + ([] if self._journal is None else [
             f"store {self._journal.store.name}: {st['store_commits']} commits, "
             f"{st['store_rows_written']} rows written, {st['store_acks_held']} "
-            f"acknowledgements held for a commit, {st['store_failures']} failed commits, "
+            f"acknowledgements held ({st['store_delivered_before_commit']} deliveries "
+            f"acknowledged before a commit), {st['store_failures']} failed commits, "
             f"{st['store_bytes']} bytes"])
 
     # -- the sweep -----------------------------------------------------------------------------

@@ -282,6 +282,6 @@ class Registry:
         for qos, item in session.take_shared():
             if self._router.redispatch(qos, item, session, now):
                 if journal is not None:
-                    journal.done(session, item)     # it is the other member's now
+                    journal.done(session, item, False)     # it is the other member's now
             elif not ending:
                 session.window.submit(item, qos, False)

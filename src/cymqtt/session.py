@@ -107,9 +107,9 @@ class Journal(Protocol):
     def released(self, session: Session, item: tuple, pid: int) -> None:
         """The client sent PUBREC for `pid`: it now awaits PUBCOMP (PUBREL is re-sent)."""
 
-    def done(self, session: Session, item: tuple) -> None:
-        """The item left the window for good (acknowledged, expired, given to another member
-        of its shared group)."""
+    def done(self, session: Session, item: tuple, delivered: bool = True) -> None:
+        """The item left the window for good: acknowledged, expired or refused by the client
+        (`delivered`), or given to another member of its shared group (not)."""
 
 
 class Will:

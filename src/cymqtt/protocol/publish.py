@@ -194,6 +194,8 @@ def _publish_durably(proto: ClientProtocol, pkt, msg: Message, journal, now: flo
         session = proto.session
         if session.journal is not None:
             journal.inbound(session, pkt.packet_id, True)
+    if qos:
+        journal.collect()
     n = route(proto, msg, now)
     if qos:
         code = RC_SUCCESS if n or proto.version < 5 or qos == 2 else RC_NO_MATCHING_SUBSCRIBERS

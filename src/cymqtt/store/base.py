@@ -43,7 +43,7 @@ class Batch:
     so a row written and deleted again before its commit costs one no-op DELETE. `ended`
     lists sessions whose subscriptions and inbound ids all go first (their entries are deleted
     one by one: the journal knows them); `acks` are
-    the (client, frame) acknowledgements that wait for this batch's commit, `wake` the
+    the acknowledgements that wait for this batch's commit, `wake` the
     sessions whose QoS 2 messages may go out once it is committed."""
 
     __slots__ = ("messages", "retained", "sessions", "subs", "entries", "inbound", "ended",
@@ -58,7 +58,7 @@ class Batch:
         self.inbound: dict[tuple[str, int], bool] = {}
         self.ended: list[str] = []
         self.meta: dict[str, Any] = {}
-        self.acks: list[tuple[Any, bytes]] = []
+        self.acks: list[Any] = []       # journal._Held
         self.seq = 0                 # the journal's last entry key when this batch was cut
         self.mid = 0                 # ... and its next message id
         self.wake: set = set()       # sessions to release once it is committed

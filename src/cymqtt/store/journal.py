@@ -15,6 +15,7 @@ import asyncio
 import logging
 import marshal
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -48,6 +49,21 @@ def _blob(value: Any) -> bytes | None:
 
 def _unblob(data: bytes | None) -> Any:
     return None if data is None else marshal.loads(data)
+
+
+class _Held:
+    """An acknowledgement waiting until what it promises is safe: committed (`commit` set, or
+    when the batch it went out with commits), or, for a PUBACK/PUBREC whose message wrote only
+    queue entries, once each of those (`left`) was acknowledged by its subscriber first."""
+
+    __slots__ = ("client", "frame", "left", "commit", "done")
+
+    def __init__(self, client: Any, frame: bytes, left: int, commit: bool) -> None:
+        self.client = client
+        self.frame = frame
+        self.left = left
+        self.commit = commit
+        self.done = False
 
 
 class DurableRetained(MemoryRetainStore):
@@ -98,7 +114,11 @@ class Journal(RegistryListener):
         self._refs: dict[int, int] = {}            # message id -> rows referring to it
         self._rows: dict[str, dict[int, tuple]] = {}   # client id -> entry key -> row
         self._wills: dict[str, int] = {}           # client id -> its session row's will
-        self._waiting: dict[Any, int] = {}       # client -> acknowledgements held
+        # Acknowledgements held for a client, in the order they must go out, and the held
+        # PUBACK/PUBREC each uncommitted entry of a message is part of (see `ack`).
+        self._held: dict[Any, deque[_Held]] = {}
+        self._promised: dict[int, _Held] = {}
+        self._collect: list[int] | None = None   # entry keys made by the message being routed
         self._registry: Registry | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cymqtt-store")
@@ -111,6 +131,7 @@ class Journal(RegistryListener):
         self.commits = 0
         self.rows_written = 0
         self.acks_held = 0
+        self.delivered_first = 0       # held entries acknowledged before a commit needed them
         self.failures = 0
 
     # -- wiring --------------------------------------------------------------------------------
@@ -282,6 +303,8 @@ class Journal(RegistryListener):
         shared = item[3]
         if pid == -1 and qos == 2:
             self._wake.add(session)       # sent once committed (Session.deliver)
+        if self._collect is not None:
+            self._collect.append(item[4])
         row = (session.client_id, item[4], mid, qos, 1 if item[1] else 0,
                None if sub_ids is None else marshal.dumps(sub_ids),
                None if shared is None else marshal.dumps(shared),
@@ -299,12 +322,25 @@ class Journal(RegistryListener):
         if row is not None:
             self._put_entry(row[:7] + (pid, AWAIT_PUBCOMP))
 
-    def done(self, session: Session, item: tuple) -> None:
+    def done(self, session: Session, item: tuple, delivered: bool = True) -> None:
+        """`delivered`: acknowledged by the client (or expired, or refused by it), so what
+        its publisher was promised holds; False when it moved to another session."""
         cid = session.client_id
         rows = self._rows.get(cid)
         row = None if rows is None else rows.pop(item[4], None)
         if row is None:
             return
+        seq = row[1]
+        held = self._promised.pop(seq, None)
+        if held is not None and seq > self._cut_seq:
+            if not delivered:
+                held.commit = True
+            else:
+                held.left -= 1
+                self.delivered_first += 1
+                if not held.left and not held.commit:
+                    held.done = True          # delivered before any commit needed it
+                    self._release(held.client)
         self._drop_entry(row)
         self._changed()
 
@@ -396,6 +432,9 @@ class Journal(RegistryListener):
     def _forget(self, cid: str) -> None:
         rows = self._rows.pop(cid, {})
         for row in rows.values():
+            held = self._promised.pop(row[1], None)
+            if held is not None:
+                held.commit = True            # the session went: its batch's commit decides
             self._drop_entry(row)
         will = self._wills.pop(cid, None)
         if will is not None:
@@ -438,16 +477,51 @@ class Journal(RegistryListener):
 
     # -- acknowledgements ----------------------------------------------------------------------
 
+    def collect(self) -> None:
+        """The next `ack` is a PUBACK/PUBREC: note the queue entries routing its message
+        makes (Session.deliver -> queued)."""
+        self._collect = []
+
     def ack(self, client: Any, frame: bytes, mark: int) -> None:
         """Send `frame` to `client` now when nothing was written since `mark` (an earlier
-        `ops`) and none of its acknowledgements is held; else with the commit of what was."""
-        if self.ops == mark and client not in self._waiting:
+        `ops`) and none of its acknowledgements is held; else once what was written is safe:
+        committed, or, for a message that wrote nothing but queue entries, delivered and
+        acknowledged by every subscriber first (then the entries never reach the disk).
+        Per client, acknowledgements go out in the order they were made [MQTT-4.6.0-2]."""
+        entries = self._collect
+        self._collect = None
+        if self.ops == mark and client not in self._held:
             client.send(frame)
             return
-        self.batch.acks.append((client, frame))
-        self._waiting[client] = self._waiting.get(client, 0) + 1
-        self.acks_held += 1
-        self._schedule()
+        n = 0 if entries is None else len(entries)
+        held = _Held(client, frame, n, self.ops - mark > n or not n)
+        if self.ops == mark:
+            held.done = True          # it waits only for the client's earlier ones
+        elif n:
+            promised = self._promised
+            for seq in entries:
+                promised[seq] = held
+        queue = self._held.get(client)
+        if queue is None:
+            queue = self._held[client] = deque()
+        queue.append(held)
+        if not held.done:
+            self.batch.acks.append(held)
+            self.acks_held += 1
+            self._schedule()
+
+    def _release(self, client: Any) -> None:
+        # Send the client's acknowledgements that are due, in order.
+        queue = self._held.get(client)
+        if queue is None:
+            return
+        connected = client.session is not None
+        while queue and queue[0].done:
+            held = queue.popleft()
+            if connected:
+                client.send(held.frame)
+        if not queue:
+            del self._held[client]
 
     def needs_store(self, msg: Message, router: Router) -> bool:
         """Whether routing `msg` would write to the store (asked while commits fail)."""
@@ -476,6 +550,14 @@ class Journal(RegistryListener):
         if not batch or self._committing is not None or self._loop is None:
             return
         self.batch = Batch()
+        batch.seq = self._cut_seq = self.seq
+        batch.mid = self._cut_mid = self._next_mid
+        batch.wake, self._wake = self._wake, set()
+        if not batch.writes and not batch.meta:
+            # Only acknowledgements, whose deliveries were all acknowledged meanwhile:
+            # nothing to write, nothing to wait for.
+            self._committed(batch, None, wrote=False)
+            return
         wall = batch.meta["alive"] = time.time()
         clock = self._clock()
         messages = batch.messages
@@ -484,9 +566,6 @@ class Journal(RegistryListener):
                 messages[mid] = (mid, msg.topic, msg.payload, msg.qos, 1 if msg.retain else 0,
                                  _blob(msg.properties), None if msg.expires_at is None
                                  else wall + (msg.expires_at - clock), msg.sender)
-        batch.seq = self._cut_seq = self.seq
-        batch.mid = self._cut_mid = self._next_mid
-        batch.wake, self._wake = self._wake, set()
         self._committing = batch
         assert self._idle is not None
         self._idle.clear()
@@ -506,7 +585,7 @@ class Journal(RegistryListener):
             except Exception:  # pragma: no cover - compaction is best effort
                 log.exception("store %s: compaction failed", self.store.name)
 
-    def _committed(self, batch: Batch, exc: BaseException | None) -> None:
+    def _committed(self, batch: Batch, exc: BaseException | None, wrote: bool = True) -> None:
         self._committing = None
         if exc is not None:
             self._failed(batch, exc)
@@ -515,9 +594,10 @@ class Journal(RegistryListener):
             self.failing = False
             log.warning("store %s: commits succeed again; QoS 1/2 messages are accepted",
                         self.store.name)
-        self.commits += 1
-        self.rows_written += batch.writes
-        self._last_commit = time.monotonic()
+        if wrote:
+            self.commits += 1
+            self.rows_written += batch.writes
+            self._last_commit = time.monotonic()
         self.durable = batch.seq
         self._durable_mid = batch.mid
         if batch.wake:
@@ -525,15 +605,12 @@ class Journal(RegistryListener):
             for session in batch.wake:
                 if session.client is not None:
                     session.release(now)
-        waiting = self._waiting
-        for client, frame in batch.acks:
-            n = waiting.get(client, 1) - 1
-            if n:
-                waiting[client] = n
-            else:
-                waiting.pop(client, None)
-            if client.session is not None:       # still connected
-                client.send(frame)
+        clients = set()
+        for held in batch.acks:
+            held.done = True
+            clients.add(held.client)
+        for client in clients:
+            self._release(client)
         if self.batch:
             # What came during the commit goes next, after a moment more to gather (a
             # delivery acknowledged meanwhile is dropped from the batch, never written).
@@ -572,5 +649,7 @@ class Journal(RegistryListener):
 
     def stats(self) -> dict[str, int]:
         return {"store_commits": self.commits, "store_rows_written": self.rows_written,
-                "store_acks_held": self.acks_held, "store_failures": self.failures,
+                "store_acks_held": self.acks_held,
+                "store_delivered_before_commit": self.delivered_first,
+                "store_failures": self.failures,
                 "store_bytes": self.store.size()}

@@ -63,7 +63,8 @@ _TABLES = {
 _DELETE_BY_ROW = {
     "subs": "DELETE FROM subscriptions WHERE client_id = ? AND filter = ?",
 }
-MAX_VARIABLES = 32766    # SQLite's default bound on one statement's parameters (>= 3.32)
+CHUNK = 256    # rows per statement at most; chunks are powers of two, so the statements' texts
+               # repeat and sqlite3's statement cache saves parsing them again
 
 
 class SQLiteStore(Store):
@@ -177,7 +178,7 @@ class SQLiteStore(Store):
             if gone and key is None:
                 db.executemany(_DELETE_BY_ROW[name], gone)
             elif gone:
-                for chunk in _chunks(gone, MAX_VARIABLES):
+                for chunk in _chunks(gone):
                     db.execute(f"DELETE FROM {table} WHERE {key} IN "
                                f"({','.join('?' * len(chunk))})", chunk)
             if name == "retained":
@@ -187,7 +188,7 @@ class SQLiteStore(Store):
             if rows:
                 width = columns.count(",") + 1
                 one = "(" + ",".join("?" * width) + ")"
-                for chunk in _chunks(rows, MAX_VARIABLES // width):
+                for chunk in _chunks(rows):
                     db.execute(f"INSERT OR REPLACE INTO {table} ({columns}) VALUES "
                                + ",".join([one] * len(chunk)),
                                [v for row in chunk for v in row])
@@ -230,9 +231,15 @@ class SQLiteStore(Store):
             self._db = None
 
 
-def _chunks(items: list, n: int):
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
+def _chunks(items: list):
+    # CHUNK items at a time, then the rest in power-of-two pieces (256 + 64 + 4 + 1 for 325).
+    i, n = 0, len(items)
+    size = CHUNK
+    while i < n:
+        while size > n - i:
+            size //= 2
+        yield items[i:i + size]
+        i += size
 
 
 def _read(db: sqlite3.Connection) -> Snapshot:
