@@ -116,8 +116,14 @@ class Registry:
     # -- events --------------------------------------------------------------------------------
 
     def add_listener(self, listener: RegistryListener) -> None:
-        """Receive every event from now on (sessions that exist already included)."""
+        """Receive every event from now on (sessions that exist already included). The
+        per-message events (queued, acked) cost each delivery a call, so sessions only get an
+        observer once a listener overrides one of them."""
         self._events.listeners.append(listener)
+        kind = type(listener)
+        if kind.message_queued is RegistryListener.message_queued and \
+                kind.message_acked is RegistryListener.message_acked:
+            return
         self._observer = self._events
         for session in self.sessions.values():
             session.observer = self._observer

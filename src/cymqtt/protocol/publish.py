@@ -136,7 +136,7 @@ def handle_publish(proto: ClientProtocol, pkt) -> None:
     msg = Message(topic, pkt.payload, qos, pkt.retain, None, None, proto.client_id) \
         if props is None else Message.from_publish(pkt, proto.client_id, now)
     journal = ctx.journal
-    if journal is not None:
+    if journal is not None and (qos or pkt.retain):   # (QoS 0 waits for nothing)
         _publish_durably(proto, pkt, msg, journal, now)
     elif qos < 2:
         router = ctx.router      # route(), inline: the hot path
@@ -195,7 +195,7 @@ def _publish_durably(proto: ClientProtocol, pkt, msg: Message, journal, now: flo
         if session.journal is not None:
             journal.inbound(session, pkt.packet_id, True)
     if qos:
-        journal.collect()
+        journal.collecting = True
     n = route(proto, msg, now)
     if qos:
         code = RC_SUCCESS if n or proto.version < 5 or qos == 2 else RC_NO_MATCHING_SUBSCRIBERS

@@ -118,7 +118,10 @@ class Journal(RegistryListener):
         # PUBACK/PUBREC each uncommitted entry of a message is part of (see `ack`).
         self._held: dict[Any, deque[_Held]] = {}
         self._promised: dict[int, _Held] = {}
-        self._collect: list[int] | None = None   # entry keys made by the message being routed
+        # The entry keys routing a PUBACK/PUBREC's message makes (Session.deliver ->
+        # queued), noted while `collecting` (protocol.publish sets it before routing).
+        self.collecting = False
+        self._collect: list[int] | None = None
         self._registry: Registry | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cymqtt-store")
@@ -303,8 +306,11 @@ class Journal(RegistryListener):
         shared = item[3]
         if pid == -1 and qos == 2:
             self._wake.add(session)       # sent once committed (Session.deliver)
-        if self._collect is not None:
-            self._collect.append(item[4])
+        if self.collecting:
+            if self._collect is None:
+                self._collect = [item[4]]
+            else:
+                self._collect.append(item[4])
         row = (session.client_id, item[4], mid, qos, 1 if item[1] else 0,
                None if sub_ids is None else marshal.dumps(sub_ids),
                None if shared is None else marshal.dumps(shared),
@@ -477,11 +483,6 @@ class Journal(RegistryListener):
 
     # -- acknowledgements ----------------------------------------------------------------------
 
-    def collect(self) -> None:
-        """The next `ack` is a PUBACK/PUBREC: note the queue entries routing its message
-        makes (Session.deliver -> queued)."""
-        self._collect = []
-
     def ack(self, client: Any, frame: bytes, mark: int) -> None:
         """Send `frame` to `client` now when nothing was written since `mark` (an earlier
         `ops`) and none of its acknowledgements is held; else once what was written is safe:
@@ -489,7 +490,9 @@ class Journal(RegistryListener):
         acknowledged by every subscriber first (then the entries never reach the disk).
         Per client, acknowledgements go out in the order they were made [MQTT-4.6.0-2]."""
         entries = self._collect
-        self._collect = None
+        if entries is not None:
+            self._collect = None
+        self.collecting = False
         if self.ops == mark and client not in self._held:
             client.send(frame)
             return
