@@ -61,22 +61,33 @@ class Subscriber:
         c.reconnect_delay_set(0.1, 0.5)
         c.on_message = self._on_message
         c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("crash/#", qos)
+        self.subscribed = threading.Event()
+        c.on_subscribe = lambda cl, u, mid, codes, p: self.subscribed.set()
         c.connect("127.0.0.1", port)
         c.loop_start()
+        if not self.subscribed.wait(10):     # else the first messages would have no taker
+            raise SystemExit(f"{client_id}: no SUBACK")
 
     def _on_message(self, client, userdata, msg) -> None:
         with self.lock:
             self.got.append(int(msg.payload))
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        close(self.client)
+
+
+def close(client: mqtt.Client) -> None:
+    # Disconnect and stop its reconnecting; paho's network thread is a daemon, and joining it
+    # (loop_stop) can wait on a reconnect attempt, so it is left to end by itself.
+    client.reconnect_delay_set(3600, 3600)
+    client.disconnect()
 
 
 class Publisher:
     def __init__(self, port: int, client_id: str, qos: int) -> None:
         self.acked: list[int] = []
         self.seq_of: dict[int, int] = {}
+        self.early: set[int] = set()
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.qos = qos
@@ -92,23 +103,28 @@ class Publisher:
         self.thread.start()
 
     def _on_publish(self, client, userdata, mid, rc, props) -> None:
+        # (paho's network thread, holding paho's own lock: never call into paho from here)
         with self.lock:
             seq = self.seq_of.pop(mid, None)
-            if seq is not None:
+            if seq is None:
+                self.early.add(mid)          # acknowledged before _run recorded it
+            else:
                 self.acked.append(seq)
 
     def _run(self) -> None:
         seq = 0
         while not self.stop.is_set():
-            seq += 1
-            with self.lock:
-                info = self.client.publish("crash/t", str(seq), qos=self.qos)
-                if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
-                    seq -= 1
-                else:
-                    self.seq_of[info.mid] = seq
+            info = self.client.publish("crash/t", str(seq + 1), qos=self.qos)
             if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
                 time.sleep(0.001)
+                continue
+            seq += 1
+            with self.lock:
+                if info.mid in self.early:
+                    self.early.discard(info.mid)
+                    self.acked.append(seq)
+                else:
+                    self.seq_of[info.mid] = seq
 
     def close(self) -> None:
         self.stop.set()
@@ -159,8 +175,7 @@ def round_(n: int, qos: int, rng: random.Random) -> bool:
                 ok = ok and not problems
             for c in (online, back):
                 c.close()
-            publisher.client.disconnect()
-            publisher.client.loop_stop()
+            close(publisher.client)
             return ok
         finally:
             broker.send_signal(signal.SIGTERM)

@@ -160,6 +160,10 @@ class Journal(RegistryListener):
                     self._flush()
                 assert self._idle is not None
                 await self._idle.wait()
+            if self.batch.writes:
+                log.error("store %s: %d changes could not be committed before the broker "
+                          "stopped (%s)", self.store.name, self.batch.writes,
+                          "commits are failing" if self.failing else "still committing")
         self._loop = None
         await asyncio.get_running_loop().run_in_executor(self._writer, self.store.close)
         self._writer.shutdown(wait=True)
