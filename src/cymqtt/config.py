@@ -12,8 +12,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["Config", "ConfigError", "HttpConfig", "ListenerConfig", "config_from_dict",
-           "load_config"]
+__all__ = ["ClusterConfig", "Config", "ConfigError", "HttpConfig", "ListenerConfig",
+           "config_from_dict", "load_config"]
 
 SHARED_STRATEGIES = ("round_robin", "random", "hash_clientid", "hash_topic", "sticky")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -132,34 +132,109 @@ class HttpConfig:
         return errors
 
 
-_HTTP_TYPES = {f.name: str(f.type) for f in fields(HttpConfig)}
+@dataclass(frozen=True)
+class ClusterConfig:
+    """The `[cluster]` table: this broker is one node of a cluster whose nodes meet on a NATS
+    server (or a NATS cluster). `nats` is one URL or a list ("nats://host:4222",
+    "tls://host:4222"); `node` names this node (default: host name and process id), unique
+    in the cluster; `name` keeps two clusters sharing one NATS apart (it prefixes every
+    subject and bucket). Credentials and TLS are NATS's own: a `token`, a `user` and
+    `password`, a `credentials` file (.creds, JWT and NKey), and `tls_ca_file` /
+    `tls_cert_file` / `tls_key_file` for a TLS connection (and a client certificate)."""
+
+    nats: tuple[str, ...]
+    node: str | None = None
+    name: str = "cymqtt"
+    token: str | None = field(default=None, repr=False)
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    credentials: str | None = None
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # How long a CONNECT waits for the other nodes to give up its client id, and how long a
+    # node may stay silent before the others drop its routes (seconds).
+    claim_timeout: float = 2.0
+    node_timeout: float = 3.0
+
+    def check(self, where: str = "[cluster]") -> list[str]:
+        """What is wrong with it, one line each (empty when nothing)."""
+        errors = []
+        if not self.nats or not all(isinstance(u, str) and u.strip() for u in self.nats):
+            errors.append(f"{where}: 'nats' must be a NATS server URL or a list of them "
+                          "(\"nats://127.0.0.1:4222\")")
+        for key in ("node", "name"):
+            value = getattr(self, key)
+            if value is not None and (not value or any(c in value for c in " .*>\t\r\n")):
+                errors.append(f"{where}: '{key}' must be a name without spaces, '.', '*' or "
+                              f"'>', not {value!r}")
+        if (self.user is None) != (self.password is None):
+            errors.append(f"{where}: 'user' and 'password' go together")
+        if self.tls_cert_file is not None and self.tls_key_file is None:
+            errors.append(f"{where}: 'tls_cert_file' needs 'tls_key_file'")
+        for key in ("claim_timeout", "node_timeout"):
+            if not getattr(self, key) > 0:
+                errors.append(f"{where}: '{key}' must be > 0, not {getattr(self, key)!r}")
+        return errors
+
+
+def _table_from_dict(cls: type, data: Any, key: str, required: tuple[str, ...],
+                     convert: dict[str, Any] | None = None) -> Any:
+    """A config dataclass (HttpConfig, ClusterConfig) from its TOML table, every bad key
+    named at once; `convert` turns a key's TOML value into the field's value first."""
+    where = f"[{key}]"
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key '{key}' must be a table ({where}), not "
+                          f"{type(data).__name__}")
+    types = {f.name: str(f.type) for f in fields(cls)}
+    values = {}
+    errors = []
+    for name, value in data.items():
+        t = types.get(name)
+        if t is None:
+            close = difflib.get_close_matches(name, types, n=1)
+            errors.append(f"{where}: unknown key '{name}'" + (
+                f"; did you mean '{close[0]}'?" if close else
+                f" (known: {', '.join(types)})"))
+            continue
+        if convert and name in convert:
+            value = convert[name](value)
+        if not _is_type(value, t):
+            what = "a string or a list of strings" if t.startswith("tuple") else t.split(" ")[0]
+            errors.append(f"{where}: '{name}' must be {what}, not {value!r}")
+        values[name] = value
+    errors.extend(f"{where}: '{name}' is required" for name in required if name not in data)
+    if not errors:
+        errors = cls(**values).check(where)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return cls(**values)
 
 
 def http_from_dict(data: Any, where: str = "[http]") -> HttpConfig:
     """An HttpConfig from the [http] table; ConfigError naming every bad key at once."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"config key 'http' must be a table ([http]), not "
-                          f"{type(data).__name__}")
-    errors = []
-    for key, value in data.items():
-        t = _HTTP_TYPES.get(key)
-        if t is None:
-            close = difflib.get_close_matches(key, _HTTP_TYPES, n=1)
-            errors.append(f"{where}: unknown key '{key}'" + (
-                f"; did you mean '{close[0]}'?" if close else
-                f" (known: {', '.join(_HTTP_TYPES)})"))
-        elif not _is_type(value, t):
-            errors.append(f"{where}: '{key}' must be {t.split(' ')[0]}, not {value!r}")
-    if "port" not in data:
-        errors.append(f"{where}: 'port' is required")
-    if not errors:
-        errors = HttpConfig(**data).check(where)
-    if errors:
-        raise ConfigError("\n".join(errors))
-    return HttpConfig(**data)
+    return _table_from_dict(HttpConfig, data, "http", ("port",))
+
+
+def _urls(value: Any) -> Any:
+    # `nats` takes one URL or a list of them.
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return value
+
+
+def cluster_from_dict(data: Any) -> ClusterConfig:
+    """A ClusterConfig from the [cluster] table; ConfigError naming every bad key at once."""
+    return _table_from_dict(ClusterConfig, data, "cluster", ("nats",), {"nats": _urls})
 
 
 def _is_type(value: Any, type_name: str) -> bool:
+    if type_name.startswith("tuple"):
+        return isinstance(value, tuple)
+    if type_name.startswith("float"):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
     if type_name.startswith("int"):
         return isinstance(value, int) and not isinstance(value, bool)
     if type_name == "bool":
@@ -270,6 +345,8 @@ class Config:
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # The REST API, Prometheus /metrics and the dashboard ([http]); None: not served.
     http: HttpConfig | None = None
+    # This broker as one node of a cluster on NATS ([cluster]); None: a single node.
+    cluster: ClusterConfig | None = None
 
     def __post_init__(self) -> None:
         errors: list[str] = []
@@ -321,6 +398,10 @@ class Config:
              "an HttpConfig (the [http] table)")
         if isinstance(self.http, HttpConfig):
             errors.extend(self.http.check())
+        need(self.cluster is None or isinstance(self.cluster, ClusterConfig), "cluster",
+             "a ClusterConfig (the [cluster] table)")
+        if isinstance(self.cluster, ClusterConfig):
+            errors.extend(self.cluster.check())
         if errors:
             raise ConfigError("\n".join(errors))
 
@@ -353,6 +434,9 @@ for _f in fields(Config):
         _TYPES[_f.name] = (str,)
 
 
+_TABLES = {"http": http_from_dict, "cluster": cluster_from_dict}
+
+
 def config_from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
     """A Config from parsed TOML (or any mapping); every key is checked, and the ConfigError
     names every bad key and value at once, one line each."""
@@ -376,9 +460,9 @@ def config_from_dict(data: dict[str, Any], base: Config | None = None) -> Config
             if "port" not in data:
                 values["port"] = None     # only the listeners, as mosquitto's `listener`
             continue
-        if key == "http":
+        if key in _TABLES:
             try:
-                values[key] = http_from_dict(value)
+                values[key] = _TABLES[key](value)
             except ConfigError as exc:
                 errors.extend(exc.errors)
             continue
