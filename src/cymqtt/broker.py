@@ -464,7 +464,9 @@ class Broker:
         delivering nothing to subscribers; False when the topic had none."""
         if self.retained_message(topic) is None:
             return False
-        self._router.retained.store(Message(topic, b"", 0, True))
+        gone = Message(topic, b"", 0, True)
+        self._router.retained.store(gone)
+        self._bus.retained_changed(gone)          # (in a cluster, on every node)
         return True
 
     def disconnect(self, client_id: str, reason_code: int = RC_ADMINISTRATIVE_ACTION,

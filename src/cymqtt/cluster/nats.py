@@ -93,12 +93,13 @@ def _queue_name(key: tuple[str, str]) -> str:
 
 
 class _Peer:
-    __slots__ = ("node", "inc", "version", "seen", "routes", "stats", "syncing")
+    __slots__ = ("node", "inc", "version", "latest", "seen", "routes", "stats", "syncing")
 
     def __init__(self, node: str, inc: int, now: float) -> None:
         self.node = node
         self.inc = inc
-        self.version = -1            # -1: its table not known yet
+        self.version = -1            # the route version our table of it is at; -1: none yet
+        self.latest = -1             # the highest version it told us of
         self.seen = now
         self.routes: set[tuple[str | None, str]] = set()
         self.stats: dict[str, Any] = {}
@@ -529,11 +530,16 @@ class NatsBus(Bus):
         peer = self._peers.get(node)
         if peer is None or peer.inc != inc:
             peer = self._meet(node, inc)
-        elif version == peer.version + 1:
+        peer.latest = max(peer.latest, version)
+        peer.seen = time.monotonic()
+        if version == peer.version + 1:
             peer.version = version
-            peer.seen = time.monotonic()
             self._set_route(peer, op == "+", (group, topic_filter))
         elif version > peer.version:
+            # Out of step (a lost update, or its table is still on its way): take this one
+            # now, since its node waits for our answer before its SUBACK, and the whole
+            # table again.
+            self._set_route(peer, op == "+", (group, topic_filter))
             self._resync(peer)
         if m.reply:
             await self._nc.publish(m.reply, marshal.dumps(self.node))
@@ -584,6 +590,9 @@ class NatsBus(Bus):
         finally:
             peer.syncing = False
         if self._peers.get(peer.node) is not peer or inc != peer.inc:
+            return
+        if version < peer.latest:
+            self._resync(peer)             # a change overtook the table: ask again
             return
         wanted = {(g, f) for g, f in routes}
         for key in peer.routes - wanted:
@@ -644,6 +653,7 @@ class NatsBus(Bus):
             await self._heartbeat()             # so that it learns of us now
         peer.seen = time.monotonic()
         peer.stats = stats
+        peer.latest = max(peer.latest, version)
         if version != peer.version and not peer.syncing:
             self._resync(peer)
 
