@@ -439,3 +439,35 @@ def test_a_restarted_node_drops_sessions_that_moved_on(cluster, clients):
     assert b2.call(lambda: b2.broker.session("dev")) is None
     again = clients(b2.port, "dev", session_expiry=600, clean=False)
     assert again.session_present is True            # a's, handed over
+
+
+def test_the_rest_api_lists_and_acts_on_every_node(cluster, clients):
+    import json
+    import urllib.request
+
+    from cymqtt.config import HttpConfig
+    a = cluster("a", http=HttpConfig(port=0))
+    b = cluster("b")
+    ca = clients(a.port, "on-a")
+    ca.subscribe("x/a", 1)
+    cb = clients(b.port, "on-b")
+    cb.subscribe("x/b", 1)
+    base = f"http://127.0.0.1:{a.broker.http_port}/api/v1"
+
+    def get(path: str, method: str = "GET") -> dict:
+        req = urllib.request.Request(base + path, method=method)
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read())
+
+    page = get("/clients")
+    assert page["total"] == 2
+    assert [c["client_id"] for c in page["items"]] == ["on-a", "on-b"]
+    assert get("/clients?limit=1&page=2")["items"][0]["client_id"] == "on-b"
+    detail = get("/clients/on-b")
+    assert [s["topic_filter"] for s in detail["subscriptions"]] == ["x/b"]
+    subs = get("/subscriptions")
+    assert [(s["client_id"], s["topic_filter"]) for s in subs["items"]] == [
+        ("on-a", "x/a"), ("on-b", "x/b")]
+    assert get("/clients/on-b", "DELETE") == {"disconnected": "on-b"}
+    assert cb.wait_disconnected() == 0x98
+    wait_until(lambda: get("/clients")["total"] == 1)

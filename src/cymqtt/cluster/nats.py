@@ -149,6 +149,7 @@ class NatsBus(Bus):
         self._shared_nc = None                     # shared-group publishes (see _publish)
         self._ctx: Context | None = None
         self._node_stats: Callable[[], dict[str, int]] = dict
+        self._answer: Callable[[str, tuple], Any] = lambda q, a: None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Our routes: (group, filter) -> client ids holding it; by client, for session ends.
         self._holders: dict[tuple[str | None, str], set[str]] = {}
@@ -185,9 +186,11 @@ class NatsBus(Bus):
 
     # -- joining and leaving -------------------------------------------------------------------
 
-    async def start(self, ctx: Context, stats: Callable[[], dict[str, int]]) -> None:
+    async def start(self, ctx: Context, stats: Callable[[], dict[str, int]],
+                    answer: Callable[[str, tuple], Any]) -> None:
         self._ctx = ctx
         self._node_stats = stats
+        self._answer = answer
         self._loop = asyncio.get_running_loop()
         self._ops = asyncio.Queue()
         self._retained_ready = asyncio.Event()
@@ -217,6 +220,7 @@ class NatsBus(Bus):
             await self.close()
             raise
         await nc.subscribe(f"{self._ctl}.probe", cb=self._on_probe)
+        await nc.subscribe(f"{self._ctl}.ask", cb=self._on_ask)
         self._tasks.append(asyncio.create_task(self._beat(), name="cymqtt-cluster-heartbeat"))
         # Meet the others: they answer a heartbeat from a node they do not know with theirs,
         # and we ask each one we hear of for its routes.
@@ -842,6 +846,31 @@ class NatsBus(Bus):
             n += 1
 
     # -- what the whole cluster looks like ------------------------------------------------------
+
+    async def ask(self, question: str, args: tuple) -> list[Any]:
+        if not self._peers:
+            return []
+        replies = await self._request(f"{self._ctl}.ask",
+                                      marshal.dumps((self.node, question, args)),
+                                      set(self._peers), self._cfg.claim_timeout)
+        return [r[1] for r in replies if isinstance(r, tuple) and r[2] is None]
+
+    async def _on_ask(self, m) -> None:
+        try:
+            node, question, args = marshal.loads(m.data)
+            answer, error = self._answer(question, tuple(args)), None
+        except (EOFError, ValueError, TypeError) as exc:
+            answer, error = None, str(exc)
+        if m.reply:
+            try:
+                data = marshal.dumps((self.node, answer, error))
+            except ValueError as exc:
+                data = marshal.dumps((self.node, None, str(exc)))
+            if len(data) > self._nc.max_payload:
+                data = marshal.dumps((self.node, None, "answer too big"))
+                log.warning("cluster: the answer to %s from node %s is over NATS's "
+                            "max_payload; left out", question, node)
+            await self._nc.publish(m.reply, data)
 
     def peers(self) -> dict[str, dict[str, Any]]:
         """The other live nodes, each with the stats of its last heartbeat."""
