@@ -10,8 +10,9 @@ from hypothesis import given, settings, strategies as st
 from cymqtt._fast.inflight import AWAIT_PUBACK, AWAIT_PUBCOMP
 from cymqtt._fast.topics import TopicTrie
 from cymqtt.cluster.wire import (
-    escape_level, filter_subjects, kv_key, kv_topic, pack_message, pack_session,
-    topic_subject, unpack_message, unpack_session,
+    escape_level, filter_subjects, kv_key, kv_topic, message_fields, pack_message,
+    pack_messages, pack_session, topic_subject, unpack_message, unpack_messages,
+    unpack_session,
 )
 from cymqtt.config import Config
 from cymqtt.message import Message
@@ -87,10 +88,22 @@ def test_a_message_travels_with_its_properties_and_the_time_it_has_left():
     assert back.expires_at == 5060.0 and origin == "node-a"
 
 
+def test_a_ticks_messages_on_one_topic_travel_together_in_order():
+    msgs = [Message("t", str(i).encode(), i % 3, False, None, None, "s") for i in range(50)]
+    back, origin = unpack_messages(pack_messages([message_fields(m, 0.0) for m in msgs],
+                                                 "a"), 0.0)
+    assert [(m.payload, m.qos) for m in back] == [(m.payload, m.qos) for m in msgs]
+    with pytest.raises(ValueError, match="not one"):
+        unpack_message(pack_messages([message_fields(m, 0.0) for m in msgs[:2]]), 0.0)
+
+
 @pytest.mark.parametrize("junk", [b"", b"\x00\xff", b"\xe9" * 10,
                                   __import__("marshal").dumps((2, "t", b"", 0)),
-                                  __import__("marshal").dumps((1, 5, b"p", 0, 0, None, None,
-                                                               None, ""))])
+                                  __import__("marshal").dumps((1, "a", [(5, b"p", 0, 0, None,
+                                                                       None, None)])),
+                                  __import__("marshal").dumps((1, "a", [("t", b"p", 3, 0, None,
+                                                                         None, None)])),
+                                  __import__("marshal").dumps((1, "a", [("t", b"p")]))])
 def test_what_no_node_sent_is_refused(junk):
     with pytest.raises(ValueError):
         unpack_message(junk, 0.0)

@@ -57,17 +57,19 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 import nats
-from nats.errors import Error as NatsError
+from nats.errors import Error as NatsError, SlowConsumerError
 
 from cymqtt._fast.topics import TopicTrie
 from cymqtt.cluster.base import Bus
 from cymqtt.cluster.wire import (
-    escape_level, filter_subjects, kv_key, kv_topic, pack_message, pack_session,
-    topic_subject, unpack_message, unpack_session,
+    escape_level, filter_subjects, kv_key, kv_topic, message_fields, pack_message,
+    pack_messages, pack_session, topic_subject, unpack_message, unpack_messages,
+    unpack_session,
 )
 from cymqtt.config import ConfigError
 from cymqtt.consts import NEVER
 from cymqtt.message import Message
+from cymqtt.protocol.publish import THROTTLE_MAX
 
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.config import ClusterConfig, Config
@@ -107,6 +109,21 @@ class _Peer:
         self.routes: set[tuple[str | None, str]] = set()
         self.stats: dict[str, Any] = {}
         self.syncing = False
+
+
+class _Gate:
+    """In the waiters of congested sessions, for messages from other nodes (`_hold_back`):
+    a congested session that drains calls `unthrottle`, as it does for a local publisher."""
+
+    __slots__ = ("future", "count")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.future = loop.create_future()
+        self.count = 0
+
+    def unthrottle(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
 
 
 class _Wait:
@@ -191,7 +208,8 @@ class NatsBus(Bus):
         self.counters = {"cluster_forwarded": 0, "cluster_received": 0,
                          "cluster_duplicates_dropped": 0, "cluster_bad_messages": 0,
                          "cluster_too_big": 0, "cluster_claims": 0, "cluster_handovers_in": 0,
-                         "cluster_handovers_out": 0, "cluster_sessions_recovered": 0}
+                         "cluster_handovers_out": 0, "cluster_sessions_recovered": 0,
+                         "cluster_held_back": 0, "cluster_dropped_slow": 0}
 
     # -- joining and leaving -------------------------------------------------------------------
 
@@ -328,13 +346,13 @@ class NatsBus(Bus):
             self.retained_changed(msg)
         if not plain and groups is None:
             return None
-        data = pack_message(msg, self._ctx.clock(), self.node)
+        fields = message_fields(msg, self._ctx.clock())
         out = self._out
         if plain:
-            out.append((topic_subject(self._m, topic), data, False))
+            out.append((topic_subject(self._m, topic), fields, False))
         if groups is not None:
             for group in groups:
-                out.append((topic_subject(f"{self._s}.{escape_level(group)}", topic), data,
+                out.append((topic_subject(f"{self._s}.{escape_level(group)}", topic), fields,
                             True))
         if not self._flushing:
             self._flushing = True
@@ -373,19 +391,40 @@ class NatsBus(Bus):
         task.add_done_callback(self._background.discard)
         return task
 
+    def _batches(self, out: list, limit: int) -> list[tuple[str, bool, list]]:
+        # The tick's messages by subject, each subject's in order, in runs under `limit`
+        # bytes: one NATS message per topic per tick (and per node that takes a shared one).
+        by_subject: dict[tuple[str, bool], list] = {}
+        for subject, fields, shared in out:
+            by_subject.setdefault((subject, shared), []).append(fields)
+        batches = []
+        for (subject, shared), fields in by_subject.items():
+            run: list = []
+            size = 0
+            for f in fields:
+                n = len(f[1]) + len(f[0]) + 64 + (256 if f[4] else 0)
+                if run and size + n > limit:
+                    batches.append((subject, shared, run))
+                    run, size = [], 0
+                run.append(f)
+                size += n
+            batches.append((subject, shared, run))
+        return batches
+
     async def _send(self, out: list, kv: list, sessions: list) -> None:
         nc = self._nc
         shared_nc = self._shared_nc
         limit = nc.max_payload
         try:
-            for subject, data, shared in out:
+            for subject, shared, fields in self._batches(out, limit // 2):
+                data = pack_messages(fields, self.node)
                 if len(data) > limit:
-                    self.counters["cluster_too_big"] += 1
+                    self.counters["cluster_too_big"] += len(fields)
                     continue
                 # A shared-group message goes out on the second connection: the first one
                 # does not echo, and this node's own members must be among those NATS picks.
                 await (shared_nc if shared else nc).publish(subject, data)
-                self.counters["cluster_forwarded"] += 1
+                self.counters["cluster_forwarded"] += len(fields)
             for topic, value in kv:
                 subject = f"$KV.{self._bucket}.{kv_key(topic)}"
                 if value is None:
@@ -414,18 +453,26 @@ class NatsBus(Bus):
             ctx = self._ctx
             now = ctx.clock()
             try:
-                msg, origin = unpack_message(m.data, now)
+                msgs, _ = unpack_messages(m.data, now)
             except ValueError:
                 self.counters["cluster_bad_messages"] += 1
                 return
-            matched = self._plain.match(msg.topic)
-            # One copy per NATS subscription that matched: keep the one through the
-            # smallest of our filters that match in MQTT's terms (`#` skips `$` topics).
-            if not matched or min(matched) != topic_filter:
-                self.counters["cluster_duplicates_dropped"] += 1
-                return
-            self.counters["cluster_received"] += 1
-            ctx.router.route(msg, now, True)
+            router = ctx.router
+            matched = self._plain.match(msgs[0].topic) if msgs else None
+            # One copy per NATS subscription that matched: keep the one through the smallest
+            # of our filters that match in MQTT's terms (`#` skips `$` topics). (A batch is
+            # one subject, so one topic.)
+            take = bool(matched) and min(matched) == topic_filter
+            if take:
+                for msg in msgs:
+                    router.route(msg, now, True)
+                    if router.congested:
+                        await self._hold_back(router)
+                        now = ctx.clock()
+            if take:
+                self.counters["cluster_received"] += len(msgs)
+            else:
+                self.counters["cluster_duplicates_dropped"] += len(msgs)
         return on_message
 
     def _shared_handler(self, key: tuple[str, str]):
@@ -433,13 +480,40 @@ class NatsBus(Bus):
             ctx = self._ctx
             now = ctx.clock()
             try:
-                msg, _ = unpack_message(m.data, now)
+                msgs, _ = unpack_messages(m.data, now)
             except ValueError:
                 self.counters["cluster_bad_messages"] += 1
                 return
-            self.counters["cluster_received"] += 1
-            ctx.router.deliver_shared_key(key, msg, now)
+            self.counters["cluster_received"] += len(msgs)
+            router = ctx.router
+            for msg in msgs:
+                router.deliver_shared_key(key, msg, now)
+                if router.congested:
+                    await self._hold_back(router)
+                    now = ctx.clock()
         return on_message
+
+    async def _hold_back(self, router) -> None:
+        # Back-pressure for messages from other nodes, as for a local publisher: the last
+        # route left draining subscribers congested, so this subscription's messages wait
+        # (in the NATS client, up to its pending limits) until they drain, THROTTLE_MAX at
+        # most. Other subscriptions' messages go on meanwhile.
+        congested = router.congested
+        router.congested = []
+        gate = _Gate(self._loop)
+        for session in congested:
+            if session.client is None:
+                continue
+            if session.waiters is None:
+                session.waiters = set()
+            session.waiters.add(gate)
+            gate.count += 1
+        if gate.count:
+            self.counters["cluster_held_back"] += 1
+            try:
+                await asyncio.wait_for(gate.future, THROTTLE_MAX)
+            except asyncio.TimeoutError:
+                pass
 
     # -- our routes (registry events) ----------------------------------------------------------
 
@@ -765,7 +839,11 @@ class NatsBus(Bus):
         await self._heartbeat()
 
     async def _on_error(self, exc: Exception) -> None:
-        if self._connected:              # (before, start() says it once)
+        if isinstance(exc, SlowConsumerError):
+            # Messages from other nodes past a subscription's pending limit (this node
+            # is far behind): dropped by the NATS client, counted.
+            self.counters["cluster_dropped_slow"] += 1
+        elif self._connected:              # (before, start() says it once)
             log.warning("cluster: NATS: %s", exc)
 
     # -- requests with many replies ------------------------------------------------------------

@@ -27,8 +27,9 @@ from cymqtt.session import Session, Subscription
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.config import Config
 
-__all__ = ["escape_level", "filter_subjects", "kv_key", "kv_topic", "pack_message",
-           "pack_session", "topic_subject", "unpack_message", "unpack_session"]
+__all__ = ["escape_level", "filter_subjects", "kv_key", "kv_topic", "message_fields",
+           "pack_message", "pack_messages", "pack_session", "topic_subject", "unpack_message",
+           "unpack_messages", "unpack_session"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 _UNSAFE_TOPIC = re.compile(r"[^A-Za-z0-9_\-/]|//|^/|/$|^$")
@@ -77,24 +78,52 @@ def kv_topic(key: str) -> str:
 
 # -- messages --------------------------------------------------------------------------------
 
-def pack_message(msg: Message, now: float, origin: str = "") -> bytes:
-    """`msg` for another node; its expiry travels as the time left (clocks differ)."""
+def message_fields(msg: Message, now: float) -> tuple:
+    """`msg` as plain values for another node; its expiry travels as the time left (clocks
+    differ)."""
     left = None if msg.expires_at is None else max(0.0, msg.expires_at - now)
-    return marshal.dumps((WIRE_VERSION, msg.topic, msg.payload, msg.qos, msg.retain,
-                          msg.properties, left, msg.sender, origin))
+    return (msg.topic, msg.payload, msg.qos, msg.retain, msg.properties, left, msg.sender)
+
+
+def pack_messages(fields: list[tuple], origin: str = "") -> bytes:
+    """Messages (`message_fields`) from node `origin`, as one NATS payload: a tick's
+    messages on one topic travel together."""
+    return marshal.dumps((WIRE_VERSION, origin, fields))
+
+
+def pack_message(msg: Message, now: float, origin: str = "") -> bytes:
+    return pack_messages([message_fields(msg, now)], origin)
+
+
+def unpack_messages(data: bytes, now: float) -> tuple[list[Message], str]:
+    """(messages, origin node); ValueError for what no node of ours sent."""
+    try:
+        version, origin, fields = marshal.loads(data)
+    except (EOFError, ValueError, TypeError) as exc:
+        raise ValueError(f"not cluster messages: {exc}") from None
+    if version != WIRE_VERSION or not isinstance(fields, list):
+        raise ValueError("not cluster messages (another version?)")
+    out = []
+    for f in fields:
+        try:
+            topic, payload, qos, retain, props, left, sender = f
+        except (TypeError, ValueError):
+            raise ValueError("not a cluster message") from None
+        if not isinstance(topic, str) or not topic or not isinstance(payload, bytes) or \
+                qos not in (0, 1, 2) or not (props is None or isinstance(props, dict)) or \
+                not (left is None or isinstance(left, (int, float))):
+            raise ValueError("not a cluster message")
+        out.append(Message(topic, payload, qos, bool(retain), props,
+                           None if left is None else now + left, sender))
+    return out, origin
 
 
 def unpack_message(data: bytes, now: float) -> tuple[Message, str]:
-    """(message, origin node); ValueError for what no node of ours sent."""
-    try:
-        version, topic, payload, qos, retain, props, left, sender, origin = marshal.loads(data)
-    except (EOFError, ValueError, TypeError) as exc:
-        raise ValueError(f"not a cluster message: {exc}") from None
-    if version != WIRE_VERSION or not isinstance(topic, str) or \
-            not isinstance(payload, bytes) or qos not in (0, 1, 2):
-        raise ValueError("not a cluster message (another version?)")
-    return Message(topic, payload, qos, bool(retain), props,
-                   None if left is None else now + left, sender), origin
+    """The one message of `pack_message`."""
+    msgs, origin = unpack_messages(data, now)
+    if len(msgs) != 1:
+        raise ValueError("not one cluster message")
+    return msgs[0], origin
 
 
 # -- sessions (handed over on a takeover across nodes) ----------------------------------------
