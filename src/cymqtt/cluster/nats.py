@@ -171,8 +171,13 @@ class NatsBus(Bus):
         self._recorded: set[str] = set()           # client ids with a record there
         self._inc = time.time_ns()                 # this run of the node
         self._version = 0                          # changes to our routes, announced in order
-        self._nc = None                            # subscriptions, control, plain publishes
-        self._shared_nc = None                     # shared-group publishes (see _publish)
+        # Three connections, so that a backlog of messages never holds up the control traffic
+        # (heartbeats, routes, claims): messages (subscriptions and plain publishes); control;
+        # and bulk (shared-group publishes, which must echo to this node's own queue
+        # subscriptions, and JetStream: the buckets).
+        self._nc = None
+        self._ctl_nc = None
+        self._shared_nc = None
         self._ctx: Context | None = None
         self._node_stats: Callable[[], dict[str, int]] = dict
         self._answer: Callable[[str, tuple], Any] = lambda q, a: None
@@ -225,15 +230,18 @@ class NatsBus(Bus):
         try:
             # (nats-py retries a server it cannot reach for ever: the first time, give up)
             wait = 2.5 * len(self._cfg.nats) + 1
-            self._nc = await asyncio.wait_for(nats.connect(**self._options(True)), wait)
-            self._shared_nc = await asyncio.wait_for(nats.connect(**self._options(False)), wait)
+            self._ctl_nc = await asyncio.wait_for(nats.connect(**self._options("control")),
+                                                  wait)
+            self._nc = await asyncio.wait_for(nats.connect(**self._options("messages")), wait)
+            self._shared_nc = await asyncio.wait_for(nats.connect(**self._options("bulk")),
+                                                     wait)
             self._connected = True
         except (OSError, NatsError, ssl.SSLError, asyncio.TimeoutError) as exc:
             await self.close()
             raise ConfigError(f"[cluster]: cannot reach NATS at {urls}: "
                               f"{exc or type(exc).__name__} (is nats-server running there? "
                               "check [cluster] nats and its credentials)") from None
-        nc = self._nc
+        nc = self._ctl_nc
         self._inbox = nc.new_inbox()
         await nc.subscribe(self._inbox + ".*", cb=self._on_reply)
         await nc.subscribe(f"{self._ctl}.hb", cb=self._on_heartbeat)
@@ -272,14 +280,14 @@ class NatsBus(Bus):
                  self._prefix, nc.connected_url.netloc if nc.connected_url else urls,
                  len(self._peers), "" if len(self._peers) == 1 else "s")
 
-    def _options(self, no_echo: bool) -> dict[str, Any]:
+    def _options(self, role: str) -> dict[str, Any]:
         cfg = self._cfg
         opts: dict[str, Any] = {
-            "servers": list(cfg.nats), "name": f"cymqtt {self.node}", "no_echo": no_echo,
-            "allow_reconnect": True, "max_reconnect_attempts": -1, "reconnect_time_wait": 0.5,
-            "connect_timeout": 2, "error_cb": self._on_error,
+            "servers": list(cfg.nats), "name": f"cymqtt {self.node} {role}",
+            "no_echo": role != "bulk", "allow_reconnect": True, "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5, "connect_timeout": 2, "error_cb": self._on_error,
         }
-        if no_echo:
+        if role == "control":
             opts["disconnected_cb"] = self._on_disconnected
             opts["reconnected_cb"] = self._on_reconnected
         if cfg.token is not None:
@@ -311,13 +319,14 @@ class NatsBus(Bus):
             if not fut.done():
                 fut.set_result(None)
         self._settle.clear()
-        for nc in (self._nc, self._shared_nc):
+        if self._nc is not None and self._nc.is_connected:
+            self._flush_out()
+            await self._drain_out()
+        for nc in (self._nc, self._shared_nc, self._ctl_nc):
             if nc is None or nc.is_closed:
                 continue
             try:
-                if nc is self._nc and nc.is_connected:
-                    self._flush_out()
-                    await self._drain_out()
+                if nc is self._ctl_nc and nc.is_connected:
                     await nc.publish(f"{self._ctl}.bye", marshal.dumps((self.node, self._inc)))
                 await nc.flush(timeout=1)
             except (NatsError, asyncio.TimeoutError, OSError):
@@ -428,17 +437,17 @@ class NatsBus(Bus):
             for topic, value in kv:
                 subject = f"$KV.{self._bucket}.{kv_key(topic)}"
                 if value is None:
-                    await nc.publish(subject, b"", headers={"KV-Operation": "DEL"})
+                    await shared_nc.publish(subject, b"", headers={"KV-Operation": "DEL"})
                 elif len(value) <= limit:
-                    await nc.publish(subject, value)
+                    await shared_nc.publish(subject, value)
                 else:
                     self.counters["cluster_too_big"] += 1
             for client_id, record in sessions:
                 subject = f"$KV.{self._sessions_bucket}.{kv_key(client_id)}"
                 if record is None:
-                    await nc.publish(subject, b"", headers={"KV-Operation": "DEL"})
+                    await shared_nc.publish(subject, b"", headers={"KV-Operation": "DEL"})
                 elif len(record) <= limit:
-                    await nc.publish(subject, record)
+                    await shared_nc.publish(subject, record)
         except NatsError as exc:
             log.warning("cluster: could not forward %d messages to NATS: %s", len(out), exc)
 
@@ -627,21 +636,28 @@ class NatsBus(Bus):
         return fut
 
     async def _apply_ops(self) -> None:
-        # One at a time, in order: subscribe on NATS before telling the others (so what they
-        # send on hearing of it arrives), tell them before unsubscribing.
+        # What queued up meanwhile, in one go: subscribe on NATS, make sure the server has
+        # those subscriptions, then tell the others (so that what they send on hearing of it
+        # arrives) in one announcement, and only then unsubscribe what went.
         ops = self._ops
         while True:
-            op, key = await ops.get()
+            keys = dict.fromkeys([(await ops.get())[1]])
+            while not ops.empty():
+                keys[ops.get_nowait()[1]] = None
             self._pending_ops = 1
             try:
-                if op == "+" and key in self._holders and key not in self._nats_subs:
+                added = [k for k in keys if k in self._holders and k not in self._nats_subs]
+                removed = [k for k in keys if k not in self._holders and k in self._nats_subs]
+                for key in added:
                     await self._nats_subscribe(key)
-                    await self._announce(op, key)
-                elif op == "-" and key not in self._holders and key in self._nats_subs:
-                    await self._announce(op, key)
+                if added:
+                    await self._nc.flush(timeout=self._cfg.claim_timeout)
+                if added or removed:
+                    await self._announce(added, removed)
+                for key in removed:
                     await self._nats_unsubscribe(key)
-            except NatsError as exc:
-                log.warning("cluster: route %s %r not changed on NATS: %s", op, key, exc)
+            except (NatsError, asyncio.TimeoutError) as exc:
+                log.warning("cluster: %d route changes not made on NATS: %s", len(keys), exc)
             finally:
                 self._pending_ops = 0
             if ops.empty() and self._settle:
@@ -670,22 +686,26 @@ class NatsBus(Bus):
         for sub in self._nats_subs.pop(key, ()):
             await sub.unsubscribe()
 
-    async def _announce(self, op: str, key: tuple[str | None, str]) -> None:
+    async def _announce(self, added: list, removed: list) -> None:
+        # Every live node answers once it routes accordingly (a SUBACK waits for that).
         self._version += 1
-        data = marshal.dumps((self.node, self._inc, self._version, op, key[0], key[1]))
+        data = marshal.dumps((self.node, self._inc, self._version, added, removed))
         peers = {p.node for p in self._peers.values()}
-        if not peers:
-            await self._nc.publish(f"{self._ctl}.route", data)
-            return
-        replies = await self._request(f"{self._ctl}.route", data, peers,
-                                      self._cfg.claim_timeout)
-        del replies
+        if peers:
+            await self._request(f"{self._ctl}.route", data, peers, self._cfg.claim_timeout)
+        else:
+            await self._ctl_nc.publish(f"{self._ctl}.route", data)
 
     # -- other nodes' routes -------------------------------------------------------------------
 
     async def _on_route(self, m) -> None:
         try:
-            node, inc, version, op, group, topic_filter = marshal.loads(m.data)
+            node, inc, version, added, removed = marshal.loads(m.data)
+            changes = [(True, (g, f)) for g, f in added] + [(False, (g, f)) for g, f in removed]
+            if not isinstance(node, str) or not all(
+                    isinstance(f, str) and (g is None or isinstance(g, str))
+                    for _, (g, f) in changes):
+                raise TypeError("not a route")
         except (EOFError, ValueError, TypeError):
             self.counters["cluster_bad_messages"] += 1
             return
@@ -694,17 +714,18 @@ class NatsBus(Bus):
             peer = self._meet(node, inc)
         peer.latest = max(peer.latest, version)
         peer.seen = time.monotonic()
-        if version == peer.version + 1:
-            peer.version = version
-            self._set_route(peer, op == "+", (group, topic_filter))
-        elif version > peer.version:
-            # Out of step (a lost update, or its table is still on its way): take this one
-            # now, since its node waits for our answer before its SUBACK, and the whole
-            # table again.
-            self._set_route(peer, op == "+", (group, topic_filter))
-            self._resync(peer)
+        if version > peer.version:
+            # Out of step (a lost update, or its table still on its way): take these now,
+            # since its node waits for our answer before its SUBACK, and the whole table
+            # again.
+            for add, key in changes:
+                self._set_route(peer, add, key)
+            if version == peer.version + 1:
+                peer.version = version
+            else:
+                self._resync(peer)
         if m.reply:
-            await self._nc.publish(m.reply, marshal.dumps(self.node))
+            await self._ctl_nc.publish(m.reply, marshal.dumps(self.node))
 
     def _set_route(self, peer: _Peer, add: bool, key: tuple[str | None, str]) -> None:
         group, topic_filter = key
@@ -742,7 +763,7 @@ class NatsBus(Bus):
 
     async def _sync(self, peer: _Peer) -> None:
         try:
-            m = await self._nc.request(f"{self._ctl}.sync.{peer.node}", b"",
+            m = await self._ctl_nc.request(f"{self._ctl}.sync.{peer.node}", b"",
                                        timeout=self._cfg.node_timeout)
             node, inc, version, routes = marshal.loads(m.data)
         except (NatsError, asyncio.TimeoutError, EOFError, ValueError, TypeError) as exc:
@@ -765,7 +786,7 @@ class NatsBus(Bus):
 
     async def _on_sync(self, m) -> None:
         routes = list(self._nats_subs)
-        await self._nc.publish(m.reply, marshal.dumps((self.node, self._inc, self._version,
+        await self._ctl_nc.publish(m.reply, marshal.dumps((self.node, self._inc, self._version,
                                                        routes)))
 
     def _drop(self, peer: _Peer, why: str) -> None:
@@ -794,8 +815,8 @@ class NatsBus(Bus):
                     self._drop(peer, f"silent for {now - peer.seen:.1f} s")
 
     async def _heartbeat(self) -> None:
-        if self._nc is not None and self._nc.is_connected:
-            await self._nc.publish(f"{self._ctl}.hb", marshal.dumps(
+        if self._ctl_nc is not None and self._ctl_nc.is_connected:
+            await self._ctl_nc.publish(f"{self._ctl}.hb", marshal.dumps(
                 (self.node, self._inc, self._version, self._local_stats())))
 
     def _local_stats(self) -> dict[str, int]:
@@ -855,7 +876,7 @@ class NatsBus(Bus):
         wait = self._waits[token] = _Wait(set(nodes), fut)
         wait.timer = self._loop.call_later(timeout, wait.finish)
         try:
-            await self._nc.publish(subject, data, reply=f"{self._inbox}.{token}")
+            await self._ctl_nc.publish(subject, data, reply=f"{self._inbox}.{token}")
             return await fut
         finally:
             self._waits.pop(token, None)
@@ -931,7 +952,7 @@ class NatsBus(Bus):
             return
         sessions = self._ctx.registry.sessions
         if m.reply and isinstance(ids, list):
-            await self._nc.publish(m.reply, marshal.dumps(
+            await self._ctl_nc.publish(m.reply, marshal.dumps(
                 (self.node, [cid for cid in ids if cid in sessions])))
 
     async def _on_claim(self, m) -> None:
@@ -958,12 +979,12 @@ class NatsBus(Bus):
                 self.counters["cluster_handovers_out"] += 1
                 log.info("client %s: session handed over to node %s", client_id, node)
         if m.reply:
-            await self._nc.publish(m.reply, marshal.dumps((self.node, packed)))
+            await self._ctl_nc.publish(m.reply, marshal.dumps((self.node, packed)))
 
     # -- retained messages ---------------------------------------------------------------------
 
     async def _bucket_kv(self, name: str):
-        js = self._nc.jetstream()
+        js = self._shared_nc.jetstream()
         try:
             try:
                 return await js.key_value(name)
@@ -1040,11 +1061,11 @@ class NatsBus(Bus):
                 data = marshal.dumps((self.node, answer, error))
             except ValueError as exc:
                 data = marshal.dumps((self.node, None, str(exc)))
-            if len(data) > self._nc.max_payload:
+            if len(data) > self._ctl_nc.max_payload:
                 data = marshal.dumps((self.node, None, "answer too big"))
                 log.warning("cluster: the answer to %s from node %s is over NATS's "
                             "max_payload; left out", question, node)
-            await self._nc.publish(m.reply, data)
+            await self._ctl_nc.publish(m.reply, data)
 
     def peers(self) -> dict[str, dict[str, Any]]:
         """The other live nodes, each with the stats of its last heartbeat."""
