@@ -90,8 +90,9 @@ def test_a_message_travels_with_its_properties_and_the_time_it_has_left():
 
 def test_a_ticks_messages_on_one_topic_travel_together_in_order():
     msgs = [Message("t", str(i).encode(), i % 3, False, None, None, "s") for i in range(50)]
-    back, origin = unpack_messages(pack_messages([message_fields(m, 0.0) for m in msgs],
-                                                 "a"), 0.0)
+    back, origin, seq = unpack_messages(
+        pack_messages([message_fields(m, 0.0) for m in msgs], "a", 7), 0.0)
+    assert (origin, seq) == ("a", 7)
     assert [(m.payload, m.qos) for m in back] == [(m.payload, m.qos) for m in msgs]
     with pytest.raises(ValueError, match="not one"):
         unpack_message(pack_messages([message_fields(m, 0.0) for m in msgs[:2]]), 0.0)
@@ -99,11 +100,13 @@ def test_a_ticks_messages_on_one_topic_travel_together_in_order():
 
 @pytest.mark.parametrize("junk", [b"", b"\x00\xff", b"\xe9" * 10,
                                   __import__("marshal").dumps((2, "t", b"", 0)),
-                                  __import__("marshal").dumps((1, "a", [(5, b"p", 0, 0, None,
-                                                                       None, None)])),
-                                  __import__("marshal").dumps((1, "a", [("t", b"p", 3, 0, None,
-                                                                         None, None)])),
-                                  __import__("marshal").dumps((1, "a", [("t", b"p")]))])
+                                  __import__("marshal").dumps((1, "a", 1, [(5, b"p", 0, 0, None,
+                                                                          None, None)])),
+                                  __import__("marshal").dumps((1, "a", 1, [("t", b"p", 3, 0,
+                                                                            None, None, None)])),
+                                  __import__("marshal").dumps((1, "a", 1, [("t", b"p")])),
+                                  __import__("marshal").dumps((1, 5, 1, [])),
+                                  __import__("marshal").dumps((1, "a", "x", []))])
 def test_what_no_node_sent_is_refused(junk):
     with pytest.raises(ValueError):
         unpack_message(junk, 0.0)

@@ -6,14 +6,19 @@ Subjects (``<p>`` is `[cluster] name`, "cymqtt" by default; topics escaped by cl
     <p>.s.<group>.<topic>     a message for a shared group: NATS queue group per (group, filter),
                               so exactly one node, then one member there
     <p>.ctl.hb                each node's heartbeat: name, incarnation, route version, stats
-    <p>.ctl.route             a route added or removed (acknowledged by every live node)
+    <p>.ctl.route             routes added and removed (acknowledged by every live node)
     <p>.ctl.sync.<node>       request: a node's whole route table
     <p>.ctl.claim             request: give up this client id (and hand its session over)
     <p>.ctl.probe             request: which of these client ids have a session on you
+    <p>.ctl.ask               request: a question of the REST API (Broker.everywhere)
+    <p>.ctl.progress.<node>   the last of <node>'s message batches this node processed
     <p>.ctl.bye               a node leaving
-    $KV.<p>_retained.<key>    retained messages (a JetStream key-value bucket)
-    $KV.<p>_sessions.<key>    each persistent session's node, expiry and subscriptions: a
-                              node takes it on when the client comes back and its node is gone
+    $KV.<p>_retained.<key>    retained messages (JetStream key-value buckets: buckets.py)
+    $KV.<p>_sessions.<key>    each persistent session's node, expiry and subscriptions
+
+A node has three connections to NATS: messages, control, and bulk (shared-group messages,
+which must echo to its own queue subscriptions, and JetStream), so that a backlog of messages
+never holds up a heartbeat, a route or a claim.
 
 Routing. Each node subscribes on NATS to the filters its clients hold, and tells the others
 (`route`), which keep a route table (a topic trie of every other node's filters): a publish
@@ -21,15 +26,20 @@ goes to NATS only when the table matches its topic, batched per loop tick. A nod
 `a/+` and `a/#` receives a message on `a/b` once per NATS subscription; it takes the copy that
 came through the smallest of its filters that match and drops the others. A SUBACK waits
 until every live node has the new route, so a message published anywhere after it reaches
-the subscriber.
+the subscriber. A tick's messages on one topic travel as one NATS message.
+
+Back-pressure. Messages from another node that leave subscribers congested wait, as a local
+publisher does. Each batch is numbered and each receiver reports what it processed; a node
+more than FLOW_HIGH messages behind holds the publishers (on the sending node) whose
+messages go to it, through TCP, as a congested local subscriber does.
 
 Liveness. Heartbeats every node_timeout / 3; a node silent for node_timeout is dropped with its
 routes (its clients reconnect elsewhere). A node whose route version jumped (a lost update, a
 restart under the same name, a healed partition) is asked for its whole table.
 
-Retained messages live in the bucket: every node applies every change in the order the bucket
-has it (its own too, unless nothing else came between), so all nodes end with the bucket's
-last value for each topic; subscribers read the local store, the fast path.
+Retained messages live in a bucket, every node applying every change in the bucket's order;
+persistent sessions have a record in another, which a node takes a session on from when its
+client comes back and its node is gone (buckets.py).
 
 Client ids. A CONNECT asks every live node to give the client id up; the one that holds its
 session closes that client (5.0 DISCONNECT 0x8E) and sends the session (subscriptions,
@@ -38,20 +48,17 @@ in-flight messages under their packet ids, queue) in its reply; the CONNECT goes
 A node that restarts with sessions from its store asks the others which of those client ids
 they hold (their clients came back elsewhere meanwhile): those are dropped here.
 
-Delivery between nodes is NATS core's: at most once. Messages are not lost on a healthy
-network (a NATS server drops a slow consumer only past its pending limits), but a node that
-dies takes what it had not forwarded yet, and a QoS 1/2 publisher's PUBACK does not wait for
-other nodes.
+Delivery between nodes is NATS core's: at most once. Nothing is lost on a healthy network
+(flow control keeps nodes from being cut off as slow consumers), but a node that dies takes
+what it had not forwarded yet, and a QoS 1/2 publisher's PUBACK does not wait for other
+nodes.
 """
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import marshal
-import os
 import secrets
-import socket
 import ssl
 import time
 from typing import TYPE_CHECKING, Any, Callable
@@ -61,13 +68,13 @@ from nats.errors import Error as NatsError, SlowConsumerError
 
 from cymqtt._fast.topics import TopicTrie
 from cymqtt.cluster.base import Bus
+from cymqtt.cluster.buckets import Buckets
+from cymqtt.cluster.peers import Gate, Peer, RouteTable, Wait, default_node, queue_name
 from cymqtt.cluster.wire import (
-    escape_level, filter_subjects, kv_key, kv_topic, message_fields, pack_message,
-    pack_messages, pack_session, topic_subject, unpack_message, unpack_messages,
+    escape_level, filter_subjects, message_fields, pack_messages, pack_session, topic_subject, unpack_messages,
     unpack_session,
 )
 from cymqtt.config import ConfigError
-from cymqtt.consts import NEVER
 from cymqtt.message import Message
 from cymqtt.protocol.publish import THROTTLE_MAX
 
@@ -80,75 +87,14 @@ __all__ = ["NatsBus"]
 
 log = logging.getLogger("cymqtt.cluster")
 
-ROUTE_CACHE_SIZE = 10_000
+# Flow control between nodes: publishers whose messages go to a node with more than
+# FLOW_HIGH of ours not yet processed are held until it is under FLOW_LOW.
+FLOW_HIGH = 20_000
+FLOW_LOW = 5_000
+PROGRESS_DELAY = 0.005        # a receiver reports what it processed at most this often
 # Figures that are the same on every node, not a node's share: not added up by whole().
 _NODE_ONLY = frozenset({"uptime", "retained_messages"})
 QUEUE = "q"
-
-
-def _default_node() -> str:
-    host = socket.gethostname().split(".")[0] or "node"
-    return f"{host}-{os.getpid()}"
-
-
-def _queue_name(key: tuple[str, str]) -> str:
-    # One NATS queue group per (group, filter): NATS groups queue subscribers by name across
-    # the subjects a message matches, MQTT by (group, filter).
-    return "q" + hashlib.sha1(f"{key[0]}\x00{key[1]}".encode()).hexdigest()[:20]
-
-
-class _Peer:
-    __slots__ = ("node", "inc", "version", "latest", "seen", "routes", "stats", "syncing")
-
-    def __init__(self, node: str, inc: int, now: float) -> None:
-        self.node = node
-        self.inc = inc
-        self.version = -1            # the route version our table of it is at; -1: none yet
-        self.latest = -1             # the highest version it told us of
-        self.seen = now
-        self.routes: set[tuple[str | None, str]] = set()
-        self.stats: dict[str, Any] = {}
-        self.syncing = False
-
-
-class _Gate:
-    """In the waiters of congested sessions, for messages from other nodes (`_hold_back`):
-    a congested session that drains calls `unthrottle`, as it does for a local publisher."""
-
-    __slots__ = ("future", "count")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.future = loop.create_future()
-        self.count = 0
-
-    def unthrottle(self) -> None:
-        if not self.future.done():
-            self.future.set_result(None)
-
-
-class _Wait:
-    """Replies expected from `nodes` to one request; done when all came or at the timeout."""
-
-    __slots__ = ("nodes", "replies", "future", "timer")
-
-    def __init__(self, nodes: set[str], future: asyncio.Future) -> None:
-        self.nodes = nodes
-        self.replies: list = []
-        self.future = future
-        self.timer: asyncio.TimerHandle | None = None
-
-    def reply(self, node: str, value: Any) -> None:
-        if node in self.nodes:
-            self.nodes.discard(node)
-            self.replies.append(value)
-        if not self.nodes:
-            self.finish()
-
-    def finish(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        if not self.future.done():
-            self.future.set_result(self.replies)
 
 
 class NatsBus(Bus):
@@ -157,18 +103,12 @@ class NatsBus(Bus):
     def __init__(self, cfg: ClusterConfig, config: Config) -> None:
         self._cfg = cfg
         self._config = config
-        self.node = cfg.node or _default_node()
+        self.node = cfg.node or default_node()
         p = self._prefix = cfg.name
         self._m = f"{p}.m"
         self._s = f"{p}.s"
         self._ctl = f"{p}.ctl"
-        self._bucket = f"{p}_retained"
-        self._sessions_bucket = f"{p}_sessions"
-        self._sessions_kv = None
-        # This tick's changes to the sessions bucket: client id -> record, None: delete.
-        self._session_out: dict[str, bytes | None] = {}
-        self._giving: str | None = None            # the client id give_away is handing over
-        self._recorded: set[str] = set()           # client ids with a record there
+        self._buckets = Buckets(self, p)           # retained messages, session records
         self._inc = time.time_ns()                 # this run of the node
         self._version = 0                          # changes to our routes, announced in order
         # Three connections, so that a backlog of messages never holds up the control traffic
@@ -190,31 +130,29 @@ class NatsBus(Bus):
         self._ops: asyncio.Queue | None = None     # route changes, applied in order
         self._settle: list[asyncio.Future] = []    # SUBACKs waiting for their routes
         # The other nodes and their routes.
-        self._peers: dict[str, _Peer] = {}
-        self._routes = TopicTrie()                 # (filter, node) -> node
-        self._shared_routes = TopicTrie()          # ((group, filter), node) -> group
-        self._cache: dict[str, tuple[bool, frozenset | None]] = {}
+        self._peers: dict[str, Peer] = {}
+        self._table = RouteTable()
         # Outgoing messages of this tick: (subject, data, shared).
         self._out: list[tuple[str, bytes, bool]] = []
-        self._kv_out: list[tuple[str, bytes | None]] = []
         self._flushing = False
-        self._kv_sent: dict[str, int] = {}         # topic -> our last put not yet seen back
-        self._kv_seq = 0
         self._inbox = ""
-        self._waits: dict[str, _Wait] = {}
+        self._waits: dict[str, Wait] = {}
         self._tasks: list[asyncio.Task] = []       # the long-lived ones
         self._sends: set[asyncio.Future] = set()   # forwarding, one per tick that forwarded
         self._background: set[asyncio.Future] = set()
         self._pending_ops = 0
-        self._closing = False
+        self._seq = 0                              # our message batches, numbered
+        self._slow: set[str] = set()               # nodes behind on our batches
+        self._progress: dict[str, int] = {}        # origin -> its last batch we processed
+        self._reporting = False
         self._connected = False
         self._closing = False
-        self._retained_ready: asyncio.Event | None = None
         self.counters = {"cluster_forwarded": 0, "cluster_received": 0,
                          "cluster_duplicates_dropped": 0, "cluster_bad_messages": 0,
                          "cluster_too_big": 0, "cluster_claims": 0, "cluster_handovers_in": 0,
                          "cluster_handovers_out": 0, "cluster_sessions_recovered": 0,
-                         "cluster_held_back": 0, "cluster_dropped_slow": 0}
+                         "cluster_held_back": 0, "cluster_dropped_slow": 0,
+                         "cluster_flow_held": 0}
 
     # -- joining and leaving -------------------------------------------------------------------
 
@@ -225,7 +163,6 @@ class NatsBus(Bus):
         self._answer = answer
         self._loop = asyncio.get_running_loop()
         self._ops = asyncio.Queue()
-        self._retained_ready = asyncio.Event()
         urls = ", ".join(self._cfg.nats)
         try:
             # (nats-py retries a server it cannot reach for ever: the first time, give up)
@@ -250,12 +187,13 @@ class NatsBus(Bus):
         await nc.subscribe(f"{self._ctl}.claim", cb=self._on_claim)
         await nc.subscribe(f"{self._ctl}.bye", cb=self._on_bye)
         try:
-            await self._start_retained()
+            self._tasks.append(await self._buckets.start())
         except BaseException:
             await self.close()
             raise
         await nc.subscribe(f"{self._ctl}.probe", cb=self._on_probe)
         await nc.subscribe(f"{self._ctl}.ask", cb=self._on_ask)
+        await nc.subscribe(f"{self._ctl}.progress.{self.node}", cb=self._on_progress)
         self._tasks.append(asyncio.create_task(self._beat(), name="cymqtt-cluster-heartbeat"))
         # Meet the others: they answer a heartbeat from a node they do not know with theirs,
         # and we ask each one we hear of for its routes.
@@ -340,42 +278,32 @@ class NatsBus(Bus):
 
     def forward(self, msg: Message) -> frozenset[str] | None:
         topic = msg.topic
-        hit = self._cache.get(topic)
-        if hit is None:
-            if topic.startswith("$SYS/"):
-                plain, groups = False, None       # each node's own (cymqtt.sys_topics)
-            else:
-                plain = bool(self._routes.match(topic))
-                groups = frozenset(self._shared_routes.match(topic)) or None
-            if len(self._cache) >= ROUTE_CACHE_SIZE:
-                self._cache.clear()
-            hit = self._cache[topic] = (plain, groups)
-        plain, groups = hit
+        nodes, groups = self._table.lookup(topic)
         if msg.retain:
             self.retained_changed(msg)
-        if not plain and groups is None:
+        if nodes is None and groups is None:
             return None
         fields = message_fields(msg, self._ctx.clock())
         out = self._out
-        if plain:
-            out.append((topic_subject(self._m, topic), fields, False))
+        if nodes is not None:
+            out.append((topic_subject(self._m, topic), fields, nodes))
+            if self._slow and not self._slow.isdisjoint(nodes):
+                # A node it goes to is behind: slow the publisher down, as a congested
+                # local subscriber does (protocol.publish holds it until the node catches up).
+                self._ctx.router.congested.extend(
+                    self._peers[n].gate for n in nodes & self._slow if n in self._peers)
         if groups is not None:
             for group in groups:
                 out.append((topic_subject(f"{self._s}.{escape_level(group)}", topic), fields,
-                            True))
-        if not self._flushing:
-            self._flushing = True
-            self._loop.call_soon(self._flush_out)
+                            None))
+        self._changed()
         return groups
 
     def retained_changed(self, msg: Message) -> None:
-        if msg.topic.startswith("$SYS/"):
-            return                 # each node's own (cymqtt.sys_topics)
-        self._kv_seq += 1
-        self._kv_sent[msg.topic] = self._kv_seq
-        value = None if not msg.payload else marshal.dumps(
-            (time.time(), self.node, self._kv_seq, pack_message(msg, self._ctx.clock())))
-        self._kv_out.append((msg.topic, value))
+        self._buckets.retained_changed(msg)
+
+    def _changed(self) -> None:
+        # Something to send: at the end of this tick, with everything else of it.
         if not self._flushing:
             self._flushing = True
             self._loop.call_soon(self._flush_out)
@@ -383,12 +311,9 @@ class NatsBus(Bus):
     def _flush_out(self) -> None:
         # Once per tick: everything forwarded during it goes to NATS in one go.
         self._flushing = False
-        if self._out or self._kv_out or self._session_out:
+        if self._out or self._buckets.changed:
             out, self._out = self._out, []
-            kv, self._kv_out = self._kv_out, []
-            sessions = self._records(self._session_out)
-            self._session_out = {}
-            task = asyncio.ensure_future(self._send(out, kv, sessions))
+            task = asyncio.ensure_future(self._send(out, self._buckets.take()))
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
 
@@ -400,54 +325,57 @@ class NatsBus(Bus):
         task.add_done_callback(self._background.discard)
         return task
 
-    def _batches(self, out: list, limit: int) -> list[tuple[str, bool, list]]:
+    def _batches(self, out: list, limit: int) -> list[tuple[str, Any, list]]:
         # The tick's messages by subject, each subject's in order, in runs under `limit`
         # bytes: one NATS message per topic per tick (and per node that takes a shared one).
-        by_subject: dict[tuple[str, bool], list] = {}
-        for subject, fields, shared in out:
-            by_subject.setdefault((subject, shared), []).append(fields)
+        # `nodes`: the nodes a plain message goes to, None for a shared group's.
+        by_subject: dict[str, list] = {}
+        dest: dict[str, Any] = {}
+        for subject, fields, nodes in out:
+            batch = by_subject.get(subject)
+            if batch is None:
+                batch = by_subject[subject] = []
+                dest[subject] = nodes
+            batch.append(fields)
         batches = []
-        for (subject, shared), fields in by_subject.items():
+        for subject, fields in by_subject.items():
+            nodes = dest[subject]
             run: list = []
             size = 0
             for f in fields:
                 n = len(f[1]) + len(f[0]) + 64 + (256 if f[4] else 0)
                 if run and size + n > limit:
-                    batches.append((subject, shared, run))
+                    batches.append((subject, nodes, run))
                     run, size = [], 0
                 run.append(f)
                 size += n
-            batches.append((subject, shared, run))
+            batches.append((subject, nodes, run))
         return batches
 
-    async def _send(self, out: list, kv: list, sessions: list) -> None:
+    async def _send(self, out: list, writes: list) -> None:
         nc = self._nc
         shared_nc = self._shared_nc
         limit = nc.max_payload
         try:
-            for subject, shared, fields in self._batches(out, limit // 2):
-                data = pack_messages(fields, self.node)
+            for subject, nodes, fields in self._batches(out, limit // 2):
+                self._seq += 1
+                data = pack_messages(fields, self.node, self._seq)
                 if len(data) > limit:
                     self.counters["cluster_too_big"] += len(fields)
                     continue
-                # A shared-group message goes out on the second connection: the first one
-                # does not echo, and this node's own members must be among those NATS picks.
-                await (shared_nc if shared else nc).publish(subject, data)
+                if nodes is None:
+                    # A shared group's: on the bulk connection, which echoes, since this
+                    # node's own members must be among those NATS picks from.
+                    await shared_nc.publish(subject, data)
+                else:
+                    await nc.publish(subject, data)
+                    self._sent(nodes, self._seq, len(fields))
                 self.counters["cluster_forwarded"] += len(fields)
-            for topic, value in kv:
-                subject = f"$KV.{self._bucket}.{kv_key(topic)}"
-                if value is None:
-                    await shared_nc.publish(subject, b"", headers={"KV-Operation": "DEL"})
-                elif len(value) <= limit:
-                    await shared_nc.publish(subject, value)
+            for subject, value, headers in writes:      # (the buckets)
+                if len(value) <= limit:
+                    await shared_nc.publish(subject, value, headers=headers)
                 else:
                     self.counters["cluster_too_big"] += 1
-            for client_id, record in sessions:
-                subject = f"$KV.{self._sessions_bucket}.{kv_key(client_id)}"
-                if record is None:
-                    await shared_nc.publish(subject, b"", headers={"KV-Operation": "DEL"})
-                elif len(record) <= limit:
-                    await shared_nc.publish(subject, record)
         except NatsError as exc:
             log.warning("cluster: could not forward %d messages to NATS: %s", len(out), exc)
 
@@ -462,7 +390,7 @@ class NatsBus(Bus):
             ctx = self._ctx
             now = ctx.clock()
             try:
-                msgs, _ = unpack_messages(m.data, now)
+                msgs, origin, seq = unpack_messages(m.data, now)
             except ValueError:
                 self.counters["cluster_bad_messages"] += 1
                 return
@@ -482,6 +410,7 @@ class NatsBus(Bus):
                 self.counters["cluster_received"] += len(msgs)
             else:
                 self.counters["cluster_duplicates_dropped"] += len(msgs)
+            self._processed(origin, seq)
         return on_message
 
     def _shared_handler(self, key: tuple[str, str]):
@@ -489,7 +418,7 @@ class NatsBus(Bus):
             ctx = self._ctx
             now = ctx.clock()
             try:
-                msgs, _ = unpack_messages(m.data, now)
+                msgs, origin, seq = unpack_messages(m.data, now)
             except ValueError:
                 self.counters["cluster_bad_messages"] += 1
                 return
@@ -500,7 +429,64 @@ class NatsBus(Bus):
                 if router.congested:
                     await self._hold_back(router)
                     now = ctx.clock()
+            self._processed(origin, seq)
         return on_message
+
+    # -- flow control between nodes -------------------------------------------------------------
+    # Each batch a node sends is numbered; each receiver reports, at most every
+    # PROGRESS_DELAY, the last number it processed (its delivery held back or not); the sender
+    # counts what each node has not processed yet and, past FLOW_HIGH, holds the publishers
+    # whose messages go there. So a node that is behind slows the publishers on the others
+    # down through TCP, as a congested local subscriber does, instead of their messages
+    # piling up in NATS until it is cut off as a slow consumer.
+
+    def _sent(self, nodes: frozenset, seq: int, n: int) -> None:
+        for node in nodes:
+            peer = self._peers.get(node)
+            if peer is None:
+                continue
+            peer.outstanding.append((seq, n))
+            peer.pending += n
+            if peer.pending > FLOW_HIGH and node not in self._slow:
+                self._slow.add(node)
+                self.counters["cluster_flow_held"] += 1
+
+    def _processed(self, origin: str, seq: int) -> None:
+        if seq > self._progress.get(origin, 0):
+            self._progress[origin] = seq
+            if not self._reporting:
+                self._reporting = True
+                self._loop.call_later(PROGRESS_DELAY, self._report)
+
+    def _report(self) -> None:
+        self._reporting = False
+        progress, self._progress = self._progress, {}
+        if progress and self._ctl_nc is not None and self._ctl_nc.is_connected:
+            self._spawn(self._send_progress(progress))
+
+    async def _send_progress(self, progress: dict[str, int]) -> None:
+        try:
+            for origin, seq in progress.items():
+                await self._ctl_nc.publish(f"{self._ctl}.progress.{origin}",
+                                           marshal.dumps((self.node, seq)))
+        except NatsError:
+            pass
+
+    async def _on_progress(self, m) -> None:
+        try:
+            node, seq = marshal.loads(m.data)
+            peer = self._peers.get(node)
+        except (EOFError, ValueError, TypeError):
+            self.counters["cluster_bad_messages"] += 1
+            return
+        if peer is None or not isinstance(seq, int):
+            return
+        out = peer.outstanding
+        while out and out[0][0] <= seq:
+            peer.pending -= out.popleft()[1]
+        if node in self._slow and peer.pending <= FLOW_LOW:
+            self._slow.discard(node)
+            peer.gate.wake()
 
     async def _hold_back(self, router) -> None:
         # Back-pressure for messages from other nodes, as for a local publisher: the last
@@ -509,7 +495,7 @@ class NatsBus(Bus):
         # most. Other subscriptions' messages go on meanwhile.
         congested = router.congested
         router.congested = []
-        gate = _Gate(self._loop)
+        gate = Gate(self._loop)
         for session in congested:
             if session.client is None:
                 continue
@@ -528,7 +514,7 @@ class NatsBus(Bus):
 
     def subscribed(self, session: Session, sub: Subscription) -> None:
         key = (sub.group, sub.topic_filter)
-        self._note_session(session)
+        self._buckets.note(session)
         keys = self._by_client.setdefault(session.client_id, set())
         if key in keys:
             return
@@ -545,76 +531,18 @@ class NatsBus(Bus):
         if keys is not None and key in keys:
             keys.discard(key)
             self._release(key, session.client_id)
-        self._note_session(session)
+        self._buckets.note(session)
 
     def session_ended(self, session: Session) -> None:
         for key in self._by_client.pop(session.client_id, ()):
             self._release(key, session.client_id)
-        cid = session.client_id
-        if cid in self._recorded:
-            self._recorded.discard(cid)
-            if cid != self._giving:            # (handed over: the new node writes it)
-                self._session_record(cid, None)
+        self._buckets.ended(session.client_id)
 
     def session_connected(self, session: Session) -> None:
-        self._note_session(session)
+        self._buckets.note(session)
 
     def session_disconnected(self, session: Session) -> None:
-        self._note_session(session)
-
-    # -- persistent sessions in the cluster's bucket ---------------------------------------------
-    # Each node keeps there, for each of its persistent sessions, what a node needs to take it
-    # on if this one dies for good: its expiry, subscriptions and when its client left (not
-    # its queue, which is this node's store's).
-
-    def _note_session(self, session: Session) -> None:
-        cid = session.client_id
-        if session.expiry_interval:
-            self._recorded.add(cid)
-            self._session_record(cid, session)
-        elif cid in self._recorded:             # (an MQTT 5 client reconnected with 0)
-            self._recorded.discard(cid)
-            self._session_record(cid, None)
-
-    def _session_record(self, client_id: str, session: Session | None) -> None:
-        # Written with the tick's other changes (packed then, once however often it changed).
-        if self._sessions_kv is None:
-            return
-        self._session_out[client_id] = session
-        if not self._flushing:
-            self._flushing = True
-            self._loop.call_soon(self._flush_out)
-
-    def _records(self, changed: dict[str, Session | None]) -> list[tuple[str, bytes | None]]:
-        wall = time.time()
-        return [(cid, None if session is None else marshal.dumps(
-                    (self.node, self._inc, None if session.client is not None else wall,
-                     pack_session(session, 0.0, window=False))))
-                for cid, session in changed.items()]
-
-    async def _recover(self, client_id: str) -> None:
-        # No live node holds the session: it may be in the bucket, left by a node that died.
-        registry = self._ctx.registry
-        try:
-            entry = await self._sessions_kv.get(kv_key(client_id))
-            node, inc, left, packed = marshal.loads(entry.value)
-        except (NatsError, EOFError, ValueError, TypeError):
-            return                  # (KeyNotFoundError is a NatsError: none)
-        peer = self._peers.get(node)
-        if registry.get(client_id) is not None or (node == self.node and inc == self._inc) \
-                or (peer is not None and peer.inc == inc):
-            return                  # here, or its node is alive and did not hand it over
-        now = self._ctx.clock()
-        session, _ = unpack_session(packed, self._ctx.config, now)
-        wall = time.time()
-        gone = left if left is not None else wall     # (it was connected when its node died)
-        if session.expiry_interval != NEVER and gone + session.expiry_interval <= wall:
-            return
-        registry.adopt(session, [], now)
-        self.counters["cluster_sessions_recovered"] += 1
-        log.warning("client %s: its session was on node %s, which is gone: taken on here "
-                    "with its %d subscriptions (the messages queued there are lost)",
-                    client_id, node, len(session.subscriptions))
+        self._buckets.note(session)
 
     def _release(self, key: tuple[str | None, str], client_id: str) -> None:
         holders = self._holders.get(key)
@@ -675,7 +603,7 @@ class NatsBus(Bus):
             self._plain.subscribe(topic_filter, topic_filter, topic_filter)
         else:
             prefix = f"{self._s}.{escape_level(group)}"
-            subs = [await nc.subscribe(s, queue=_queue_name(key),
+            subs = [await nc.subscribe(s, queue=queue_name(key),
                                        cb=self._shared_handler(key))
                     for s in filter_subjects(prefix, topic_filter)]
         self._nats_subs[key] = subs
@@ -719,7 +647,7 @@ class NatsBus(Bus):
             # since its node waits for our answer before its SUBACK, and the whole table
             # again.
             for add, key in changes:
-                self._set_route(peer, add, key)
+                self._table.set(peer, add, key)
             if version == peer.version + 1:
                 peer.version = version
             else:
@@ -727,41 +655,21 @@ class NatsBus(Bus):
         if m.reply:
             await self._ctl_nc.publish(m.reply, marshal.dumps(self.node))
 
-    def _set_route(self, peer: _Peer, add: bool, key: tuple[str | None, str]) -> None:
-        group, topic_filter = key
-        if add:
-            if key in peer.routes:
-                return
-            peer.routes.add(key)
-            if group is None:
-                self._routes.subscribe(topic_filter, (topic_filter, peer.node), peer.node)
-            else:
-                self._shared_routes.subscribe(topic_filter, (key, peer.node), group)
-        else:
-            if key not in peer.routes:
-                return
-            peer.routes.discard(key)
-            if group is None:
-                self._routes.unsubscribe(topic_filter, (topic_filter, peer.node))
-            else:
-                self._shared_routes.unsubscribe(topic_filter, (key, peer.node))
-        self._cache.clear()
-
-    def _meet(self, node: str, inc: int) -> _Peer:
+    def _meet(self, node: str, inc: int) -> Peer:
         old = self._peers.get(node)
         if old is not None:
             self._drop(old, "restarted")
-        peer = self._peers[node] = _Peer(node, inc, time.monotonic())
+        peer = self._peers[node] = Peer(node, inc, time.monotonic())
         self._resync(peer)
         return peer
 
-    def _resync(self, peer: _Peer) -> None:
+    def _resync(self, peer: Peer) -> None:
         if peer.syncing:
             return
         peer.syncing = True
         self._spawn(self._sync(peer))
 
-    async def _sync(self, peer: _Peer) -> None:
+    async def _sync(self, peer: Peer) -> None:
         try:
             m = await self._ctl_nc.request(f"{self._ctl}.sync.{peer.node}", b"",
                                        timeout=self._cfg.node_timeout)
@@ -779,9 +687,9 @@ class NatsBus(Bus):
             return
         wanted = {(g, f) for g, f in routes}
         for key in peer.routes - wanted:
-            self._set_route(peer, False, key)
+            self._table.set(peer, False, key)
         for key in wanted - peer.routes:
-            self._set_route(peer, True, key)
+            self._table.set(peer, True, key)
         peer.version = version
 
     async def _on_sync(self, m) -> None:
@@ -789,11 +697,12 @@ class NatsBus(Bus):
         await self._ctl_nc.publish(m.reply, marshal.dumps((self.node, self._inc, self._version,
                                                        routes)))
 
-    def _drop(self, peer: _Peer, why: str) -> None:
+    def _drop(self, peer: Peer, why: str) -> None:
         if self._peers.get(peer.node) is peer:
             del self._peers[peer.node]
-        for key in list(peer.routes):
-            self._set_route(peer, False, key)
+        self._slow.discard(peer.node)
+        peer.gate.wake()
+        self._table.drop(peer)
         for wait in self._waits.values():
             wait.reply(peer.node, None)         # (it will not answer)
         log.log(logging.INFO if why == "left" else logging.WARNING,
@@ -873,7 +782,7 @@ class NatsBus(Bus):
                        timeout: float) -> list:
         token = secrets.token_hex(8)
         fut = self._loop.create_future()
-        wait = self._waits[token] = _Wait(set(nodes), fut)
+        wait = self._waits[token] = Wait(set(nodes), fut)
         wait.timer = self._loop.call_later(timeout, wait.finish)
         try:
             await self._ctl_nc.publish(subject, data, reply=f"{self._inbox}.{token}")
@@ -895,7 +804,14 @@ class NatsBus(Bus):
     # -- client ids ----------------------------------------------------------------------------
 
     def claim(self, client_id: str, clean_start: bool) -> asyncio.Future | None:
-        if not self._peers and (clean_start or self._ctx.registry.get(client_id) is not None):
+        if clean_start:
+            # Nothing to hand over: tell the others to let go (a node holding the client id
+            # closes that client and ends its session), without waiting for them.
+            if self._peers:
+                self._spawn(self._ctl_nc.publish(
+                    f"{self._ctl}.claim", marshal.dumps((self.node, client_id, True))))
+            return None
+        if not self._peers and self._ctx.registry.get(client_id) is not None:
             return None
         self.counters["cluster_claims"] += 1
         return self._spawn(self._claim(client_id, clean_start))
@@ -907,7 +823,8 @@ class NatsBus(Bus):
         ctx = self._ctx
         if not clean_start and not any(isinstance(r, tuple) and r[1] is not None
                                        for r in replies):
-            await self._recover(client_id)
+            if await self._buckets.recover(client_id):
+                self.counters["cluster_sessions_recovered"] += 1
         for reply in replies:
             if not isinstance(reply, tuple) or reply[1] is None:
                 continue
@@ -968,11 +885,11 @@ class NatsBus(Bus):
         if session is not None:
             # Packed before the registry lets go (it keeps the subscriptions for that).
             packed = pack_session(session, now) if not clean_start else None
-            self._giving = client_id
+            self._buckets.giving = client_id
             try:
                 given = ctx.registry.give_away(client_id, clean_start, now)
             finally:
-                self._giving = None
+                self._buckets.giving = None
             if given is None:
                 packed = None
             else:
@@ -980,65 +897,6 @@ class NatsBus(Bus):
                 log.info("client %s: session handed over to node %s", client_id, node)
         if m.reply:
             await self._ctl_nc.publish(m.reply, marshal.dumps((self.node, packed)))
-
-    # -- retained messages ---------------------------------------------------------------------
-
-    async def _bucket_kv(self, name: str):
-        js = self._shared_nc.jetstream()
-        try:
-            try:
-                return await js.key_value(name)
-            except NatsError:
-                return await js.create_key_value(bucket=name, history=1)
-        except NatsError as exc:
-            raise ConfigError(f"[cluster]: the NATS server has no JetStream for the retained "
-                              f"messages and sessions ({exc}); start nats-server with -js") \
-                from None
-
-    async def _start_retained(self) -> None:
-        kv = await self._bucket_kv(self._bucket)
-        self._sessions_kv = await self._bucket_kv(self._sessions_bucket)
-        watcher = await kv.watchall()
-        self._tasks.append(asyncio.create_task(self._watch(watcher),
-                                               name="cymqtt-cluster-retained"))
-        await self._retained_ready.wait()
-
-    async def _watch(self, watcher) -> None:
-        ctx = self._ctx
-        store = ctx.router.retained
-        n = 0
-        async for entry in watcher:
-            if entry is None:
-                if not self._retained_ready.is_set():
-                    self._retained_ready.set()
-                    if n:
-                        log.info("cluster: %d retained messages from the bucket", n)
-                continue
-            try:
-                topic = kv_topic(entry.key)
-            except ValueError:
-                continue
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                if self._kv_sent.get(topic) is None:
-                    store.store(Message(topic, b"", 0, True))
-                else:
-                    self._kv_sent.pop(topic)
-                n += 1
-                continue
-            try:
-                wall, node, seq, packed = marshal.loads(entry.value)
-                now = ctx.clock()
-                msg, _ = unpack_message(packed, now - max(0.0, time.time() - wall))
-            except (EOFError, ValueError, TypeError):
-                self.counters["cluster_bad_messages"] += 1
-                continue
-            if node == self.node and self._kv_sent.get(topic) == seq:
-                del self._kv_sent[topic]       # ours, and nothing came between: we have it
-                continue
-            self._kv_sent.pop(topic, None)     # someone else's came between: take the order
-            if not msg.expired(ctx.clock()):
-                store.store(msg)
-            n += 1
 
     # -- what the whole cluster looks like ------------------------------------------------------
 

@@ -85,23 +85,25 @@ def message_fields(msg: Message, now: float) -> tuple:
     return (msg.topic, msg.payload, msg.qos, msg.retain, msg.properties, left, msg.sender)
 
 
-def pack_messages(fields: list[tuple], origin: str = "") -> bytes:
-    """Messages (`message_fields`) from node `origin`, as one NATS payload: a tick's
-    messages on one topic travel together."""
-    return marshal.dumps((WIRE_VERSION, origin, fields))
+def pack_messages(fields: list[tuple], origin: str = "", seq: int = 0) -> bytes:
+    """Messages (`message_fields`) from node `origin`, as one NATS payload (a tick's
+    messages on one topic travel together); `seq` numbers the origin's batches, which the
+    receivers report back (flow control)."""
+    return marshal.dumps((WIRE_VERSION, origin, seq, fields))
 
 
 def pack_message(msg: Message, now: float, origin: str = "") -> bytes:
     return pack_messages([message_fields(msg, now)], origin)
 
 
-def unpack_messages(data: bytes, now: float) -> tuple[list[Message], str]:
-    """(messages, origin node); ValueError for what no node of ours sent."""
+def unpack_messages(data: bytes, now: float) -> tuple[list[Message], str, int]:
+    """(messages, origin node, batch number); ValueError for what no node of ours sent."""
     try:
-        version, origin, fields = marshal.loads(data)
+        version, origin, seq, fields = marshal.loads(data)
     except (EOFError, ValueError, TypeError) as exc:
         raise ValueError(f"not cluster messages: {exc}") from None
-    if version != WIRE_VERSION or not isinstance(fields, list):
+    if version != WIRE_VERSION or not isinstance(fields, list) or \
+            not isinstance(origin, str) or not isinstance(seq, int):
         raise ValueError("not cluster messages (another version?)")
     out = []
     for f in fields:
@@ -115,12 +117,12 @@ def unpack_messages(data: bytes, now: float) -> tuple[list[Message], str]:
             raise ValueError("not a cluster message")
         out.append(Message(topic, payload, qos, bool(retain), props,
                            None if left is None else now + left, sender))
-    return out, origin
+    return out, origin, seq
 
 
 def unpack_message(data: bytes, now: float) -> tuple[Message, str]:
     """The one message of `pack_message`."""
-    msgs, origin = unpack_messages(data, now)
+    msgs, origin, _ = unpack_messages(data, now)
     if len(msgs) != 1:
         raise ValueError("not one cluster message")
     return msgs[0], origin
