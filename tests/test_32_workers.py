@@ -234,6 +234,25 @@ def test_a_killed_worker_is_restarted(workers):
     assert not alive(new_pid)
 
 
+def test_a_killed_nats_server_is_restarted(workers):
+    """kill -9 the NATS server: the supervisor starts another on the same port, with the same
+    store, and the workers keep serving."""
+    port = free_port()
+    w = workers("--workers", "2", "-p", str(port))
+    os.kill(w.nats_pid, signal.SIGKILL)
+    w.wait_for(re.compile(rf"nats-server \(pid {w.nats_pid}\) killed by SIGKILL; restarting "
+                          rf"it on {re.escape(w.nats_url)}"))
+    new_pid = int(w.wait_for(re.compile(r"nats-server restarted: pid (\d+)")).group(1))
+    assert new_pid in children(w.proc.pid) and not alive(w.nats_pid)
+    nats_port = int(w.nats_url.rpartition(":")[2])
+    with socket.create_connection(("127.0.0.1", nats_port), timeout=5) as s:
+        assert s.recv(5) == b"INFO "
+    mqtt_connect(port, "still-served").close()
+    w.nats_pid = new_pid
+    assert w.stop() == 0
+    assert not alive(new_pid)
+
+
 def test_sigterm_stops_everything(workers):
     """SIGTERM: the workers stop (their clients are disconnected), then nats-server, then the
     supervisor, exit code 0, and none of them is left running."""

@@ -418,11 +418,10 @@ class Config:
             return [f"config key 'workers' must be an integer >= 1 or \"auto\", not {n!r}"]
         if n == 1:
             return []
-        # Each worker binds the same ports; with port 0 each would pick a different one.
+        # Each worker binds the same ports; with port 0 each would pick a different one. ([http]
+        # is worker 1's alone.)
         ports = [("config key 'port'", self.port)] + [
             (f"[[listeners]] #{i + 1}: 'port'", lc.port) for i, lc in enumerate(self.listeners)]
-        if self.http is not None:
-            ports.append(("[http]: 'port'", self.http.port))
         return [f"{key} must not be 0 with workers > 1 (each worker would pick a different "
                 "port); choose a port" for key, port in ports if port == 0]
 

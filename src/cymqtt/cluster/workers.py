@@ -252,14 +252,16 @@ class Supervisor:
                     log.info("SIGHUP: passed to %d workers (each reloads its config)",
                              len(live))
 
-    def _wait(self, timeout: float | None) -> None:
-        """Wait for a signal, a ready worker or `timeout` seconds, and act on what came."""
+    def _wait(self, timeout: float | None, reap: bool = True) -> None:
+        """Wait for a signal, a ready worker or `timeout` seconds, and act on what came
+        (with `reap`, restart what died)."""
         for key, _ in self._sel.select(timeout):
             if key.data is None:
                 self._take_signals()
             else:
                 self._on_ready(key.data)
-        self._reap()
+        if reap:
+            self._reap()
 
     # -- NATS ----------------------------------------------------------------------------------
 
@@ -308,7 +310,7 @@ class Supervisor:
                 raise SupervisorError(f"nats-server does not accept connections on "
                                       f"{self.nats_url} after {NATS_TIMEOUT:.0f} s (its log: "
                                       f"{logfile})")
-            self._wait(0.05)
+            self._wait(0.05, reap=False)      # (a NATS server dying here is an error)
 
     def _nats_answers(self) -> bool:
         try:
@@ -376,6 +378,7 @@ class Supervisor:
             log.error("nats-server (pid %d) %s; restarting it on %s", self.nats.pid,
                       _describe_exit(self.nats.returncode), self.nats_url)
             self._spawn_nats()
+            log.info("nats-server restarted: pid %d", self.nats.pid)
 
     def _wait_started(self) -> int | None:
         """Wait until every worker listens. None when they all do; else the exit code the
