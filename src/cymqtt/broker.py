@@ -22,6 +22,7 @@ from cymqtt._fast.codec import encode_publish, validate_topic_filter, validate_t
 from cymqtt._fast.consts import Property
 from cymqtt._version import __version__
 from cymqtt.access import Authorizer
+from cymqtt.cluster import Bus, make_bus
 from cymqtt.auth import Authenticator
 from cymqtt.config import Config, ConfigError
 from cymqtt.consts import (
@@ -125,6 +126,8 @@ class Broker:
         if self._journal is not None:
             ctx.journal = self._journal
             self._journal.attach(ctx.registry)
+        # The cluster ([cluster]); one node's LocalBus does nothing.
+        self._bus: Bus = make_bus(config)
         self._metrics = ctx.metrics
         self._router = ctx.router
         self._registry = ctx.registry
@@ -152,7 +155,13 @@ class Broker:
         if self._journal is not None:
             self._restore()
             self._journal.start(loop)
-        await self._listeners.start(loop)
+        if self._bus.active:
+            await self._bus.start(self._ctx, self.node_stats)
+        try:
+            await self._listeners.start(loop)
+        except BaseException:
+            await self._bus.close()
+            raise
         if self._http is not None:
             try:
                 await self._http.start()
@@ -230,6 +239,7 @@ class Broker:
         self._tasks.clear()
         self._listeners.flush()
         await asyncio.sleep(0)
+        await self._bus.close()
         if self._journal is not None:
             await self._journal.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -473,7 +483,18 @@ class Broker:
         return True
 
     def stats(self) -> dict[str, int]:
-        """Every counter and gauge, by name (what $SYS and metrics endpoints show)."""
+        """Every counter and gauge, by name (what $SYS and metrics endpoints show). In a
+        cluster (and with --workers), of the whole broker: every node's `node_stats()` as of
+        its last heartbeat (under a second old) added up, but for uptime and the retained
+        messages, which every node has."""
+        stats = self.node_stats()
+        if self._bus.active:
+            stats = self._bus.whole(stats)
+        stats.update(self._bus.stats())
+        return stats
+
+    def node_stats(self) -> dict[str, int]:
+        """`stats()` of this node (this process) alone."""
         stats = collect(self._metrics, self._registry, self._router,
                         len(self._listeners.connections), self._clock())
         if self._journal is not None:

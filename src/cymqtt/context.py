@@ -28,7 +28,7 @@ class Context:
         sweep, keep alive, message expiry), so tests can inject their own."""
 
     __slots__ = ("config", "registry", "router", "retained", "auth", "access", "metrics",
-                 "clock", "journal")
+                 "clock", "journal", "cluster")
 
     def __init__(self, config: Config, registry: Registry, router: Router, auth: Auth,
                  metrics: Metrics, clock: Callable[[], float],
@@ -44,6 +44,9 @@ class Context:
         # The store's journal (store.Journal) when the broker persists, else None: handlers
         # hand it the acknowledgements that must wait for a commit (`ack`).
         self.journal = None
+        # The cluster's bus (cluster.Bus) when this broker is one node of several, else None:
+        # a CONNECT claims its client id through it, a SUBACK waits for its routes.
+        self.cluster = None
 
     @classmethod
     def create(cls, config: Config, authenticators: list[Authenticator] | None = None,

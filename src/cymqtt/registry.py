@@ -185,6 +185,67 @@ class Registry:
         if pending_will is not None:
             self.pending_wills[session.client_id] = pending_will
 
+    # -- another node (cluster) ------------------------------------------------------------
+
+    def give_away(self, client_id: str, clean_start: bool, now: float) -> Session | None:
+        """A CONNECT for `client_id` arrived at another node: close its connection here as a
+        takeover does (5.0 DISCONNECT 0x8E, its will handled the same way) and let go of its
+        session. Returns the session, subscriptions and window intact, for the other node to
+        go on with; None when there is none here, or it ends (clean start, expiry 0)."""
+        session = self.sessions.get(client_id)
+        if session is None:
+            return None
+        ending = clean_start or session.expiry_interval == 0
+        if session.client is not None:
+            old = session.client
+            log.info("client %s: taken over by a connection to another node", client_id)
+            self._process_will(session, now, ending)
+            session.client = None
+            old.kick(RC_SESSION_TAKEN_OVER, "session taken over")
+        if ending:
+            self.end(session, now)
+            return None
+        self.pending_wills.pop(client_id, None)          # its client is back, elsewhere
+        for sub in session.subscriptions.values():
+            self._router.unsubscribe(sub)
+        del self.sessions[client_id]
+        self.offline.pop(client_id, None)
+        self._events.session_ended(session)      # (here: the store and routes forget it)
+        return session
+
+    def adopt(self, session: Session, items: list, now: float) -> None:
+        """A session handed over by another node (`give_away` there), before its client's
+        CONNECT goes on here: its subscriptions, and its window's `items` ((msg, retain,
+        sub_ids, shared, qos, pid, state), in flight first) back in order."""
+        old = self.sessions.get(session.client_id)
+        if old is not None:
+            self.end(old, now)
+        session.observer = self._observer
+        self.sessions[session.client_id] = session
+        self.offline[session.client_id] = session
+        self._events.session_created(session)
+        self._events.session_connected(session)          # (the store takes it on)
+        for sub in session.subscriptions.values():
+            self._router.subscribe(sub)
+            self._events.subscribed(session, sub)
+        j = session.journal
+        last = 0
+        for msg, retain, sub_ids, shared, qos, pid, state in items:
+            key = 0
+            if j is not None:
+                j.seq += 1
+                key = j.seq
+            item = (msg, retain, sub_ids, shared, key)
+            got = session.put_back(item, qos, pid, state)
+            if pid:
+                last = max(last, pid)
+            if j is not None and got >= -1:
+                j.queued(session, item, qos, got)
+                if got > 0 and state:
+                    j.released(session, item, got)
+        if last:
+            session.window.last_pid = last
+
     def detach(self, session: Session, now: float) -> None:
         """Its connection is gone: publish or delay the will, then end the session or keep it
         until it expires."""

@@ -60,6 +60,8 @@ class Router:
         # MATCH_CACHE_REFS subscriptions in all.
         self._matches: dict[str, list] = {}
         self._match_refs = 0
+        # The cluster (cluster.Bus) when this node has others to forward to, else None.
+        self.bus = None
 
     # -- subscriptions -------------------------------------------------------------------------
 
@@ -88,16 +90,25 @@ class Router:
 
     # -- publishing ----------------------------------------------------------------------------
 
-    def route(self, msg: Message, now: float) -> int:
+    def route(self, msg: Message, now: float, remote: bool = False) -> int:
         """A message published (by a client, a will, the broker): keep it when it is retained,
         then deliver it. Returns the number of deliveries; sessions it left congested are in
         `congested` for the caller to act on (protocol.publish slows the publisher down); a
         route whose caller has no publisher to slow (a will, the broker) leaves them there, and
-        the next route drops them."""
+        the next route drops them.
+
+        In a cluster the bus forwards it to the nodes that subscribe to it, and takes the
+        shared groups with a member elsewhere. `remote`: it came from another node, whose
+        bus did that (and stored it when retained): it goes to this node's plain
+        subscriptions only (the cluster picks shared-group members itself)."""
         if self.congested:
             self.congested = []
-        if msg.retain and self.retain_available:
-            self.retained.store(msg)
+        remote_groups = None
+        if not remote:
+            if msg.retain and self.retain_available:
+                self.retained.store(msg)
+            if self.bus is not None:
+                remote_groups = self.bus.forward(msg)
         # Delivery to every matching session (one function: this is the hot path).
         matches = self._matches
         subs = matches.get(msg.topic)
@@ -114,6 +125,8 @@ class Router:
         if len(subs) == 1:
             sub = subs[0]
             if sub.group is not None:
+                if remote or (remote_groups is not None and sub.group in remote_groups):
+                    return 0
                 return self._deliver_shared({(sub.group, sub.topic_filter): subs}, msg, now)
             session = sub.session
             if sub.no_local and session.client_id == msg.sender:
@@ -126,13 +139,21 @@ class Router:
             if r == CONGESTED:
                 self.congested.append(session)
             return 1 if r else 0
+        return self._deliver_plain(subs, msg, now, remote_groups, remote)
+
+    def _deliver_plain(self, subs: list, msg: Message, now: float,
+                       remote_groups: frozenset | None, remote: bool) -> int:
         # Several matches: one delivery per session at the highest QoS of its matching
         # subscriptions, carrying all their identifiers [MQTT-3.3.4-2, MQTT-3.3.4-3].
+        # Shared groups are picked from too, unless the message came from another node
+        # (`remote`) or the cluster picks for the group (`remote_groups`).
         per_session: dict = {}
         shared: dict | None = None
         sender = msg.sender
         for sub in subs:
             if sub.group is not None:
+                if remote or (remote_groups is not None and sub.group in remote_groups):
+                    continue
                 if shared is None:
                     shared = {}
                 shared.setdefault((sub.group, sub.topic_filter), []).append(sub)
@@ -163,6 +184,13 @@ class Router:
         if shared:
             n += self._deliver_shared(shared, msg, now)
         return n
+
+    def deliver_shared_key(self, key: tuple[str, str], msg: Message, now: float) -> int:
+        """The cluster picked this node's members of the shared subscription `key` (group,
+        filter) for `msg`, published on another node: deliver it to one of them."""
+        members = [s for s in self.trie.match(msg.topic)
+                   if s.group == key[0] and s.topic_filter == key[1]]
+        return self._deliver_shared({key: members}, msg, now) if members else 0
 
     def _deliver_shared(self, groups: dict, msg: Message, now: float) -> int:
         n = 0

@@ -426,24 +426,34 @@ class Session:
         inflight = w.take_inflight()
         queued = w.drain_queue()
         out = []
-        last = w.last_pid
         for pid, qos, state, item in inflight:
             if item[3] is not None and qos == 1:
                 out.append((qos, item))
                 continue
-            # Put it back under the same packet id: submit() takes the first free id after
-            # last_pid, and the queue is empty while we do this, so it goes straight in flight.
-            w.last_pid = pid - 1
-            w.submit(item, qos, True)
-            if state == AWAIT_PUBCOMP:
-                w.pubrec(pid)
-        w.last_pid = last
+            self.put_back(item, qos, pid, state)
         for qos, item in queued:
             if item[3] is not None:
                 out.append((qos, item))
             else:
                 w.submit(item, qos, False)
         return out
+
+    def put_back(self, item: tuple, qos: int, pid: int, state: int) -> int:
+        """Put a message back in the window as it was (from a store, from another node, or
+        after take_shared): in flight under `pid` when it is set (a QoS 2 one in `state`
+        AWAIT_PUBCOMP awaits PUBCOMP again), else queued. Returns what `submit` returned:
+        `pid` when it went back in flight (the window is not full), -1 when queued."""
+        w = self._window()
+        if not pid:
+            return w.submit(item, qos, False)
+        # submit() takes the first free id after last_pid: with the queue empty, this one.
+        last = w.last_pid
+        w.last_pid = pid - 1
+        got = w.submit(item, qos, True)
+        if got == pid and state == AWAIT_PUBCOMP:
+            w.pubrec(pid)
+        w.last_pid = last
+        return got
 
     @property
     def has_shared(self) -> bool:

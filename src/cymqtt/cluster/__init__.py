@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cymqtt.cluster.base import Bus, LocalBus
+from cymqtt.config import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.config import Config
@@ -16,5 +17,9 @@ def make_bus(config: Config) -> Bus:
     """The bus `config` asks for: NATS with a [cluster] table, else one node's LocalBus."""
     if config.cluster is None:
         return LocalBus()
-    from cymqtt.cluster.nats import NatsBus    # (nats-py: imported only for a cluster)
+    try:
+        from cymqtt.cluster.nats import NatsBus    # (nats-py: imported only for a cluster)
+    except ImportError as exc:
+        raise ConfigError(f"[cluster] needs the NATS client ({exc.name} is not installed): "
+                          "pip install 'cymqtt[cluster]'") from None
     return NatsBus(config.cluster, config)

@@ -16,7 +16,7 @@ The calls, all on the loop thread:
   session gives it up (closes its client, 5.0 DISCONNECT 0x8E) and hands it over. None when
   there is nothing to wait for, else a future that `ClientProtocol.wait_for` waits on.
 - `retained_changed(msg)`: a retained message was stored (or, empty, deleted) here.
-- `start(broker)`, `close()`, `stats()`.
+- `start(ctx, stats)`, `close()`, `stats()`, `whole(local_stats)`.
 
 What arrives from other nodes the bus gives to the router: `Router.route(msg, now,
 remote=True)` for a forwarded message, `Router.deliver_shared_key` for one picked for a local
@@ -25,12 +25,12 @@ shared group, `RetainStore.store` for a retained change.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from cymqtt.registry import RegistryListener
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cymqtt.broker import Broker
+    from cymqtt.context import Context
     from cymqtt.message import Message
 
 __all__ = ["Bus", "LocalBus"]
@@ -43,8 +43,9 @@ class Bus(RegistryListener):
     active = False
     node = "local"
 
-    async def start(self, broker: Broker) -> None:
-        """Join the cluster before the broker serves (learn routes and retained messages)."""
+    async def start(self, ctx: Context, stats: Callable[[], dict[str, int]]) -> None:
+        """Join the cluster before the broker serves (learn routes and retained messages);
+        `stats` gives this node's own figures, which the others add up (`whole`)."""
 
     async def close(self) -> None:
         """Leave the cluster (the other nodes drop this node's routes at once)."""
@@ -59,7 +60,12 @@ class Bus(RegistryListener):
         """`msg` is the topic's retained message now (an empty payload: it has none)."""
 
     def stats(self) -> dict[str, Any]:
+        """The bus's own counters (cluster_*)."""
         return {}
+
+    def whole(self, local: dict[str, int]) -> dict[str, int]:
+        """The whole broker's figures: `local` (this node's) with every other node's added."""
+        return local
 
 
 class LocalBus(Bus):

@@ -172,9 +172,16 @@ def _auth_stepped(proto: ClientProtocol, step: AuthStep) -> None:
 
 
 def _complete_connect(proto: ClientProtocol, pkt, assigned: str | None,
-                      auth_props: dict | None) -> None:
-    """The client is who it says: attach (or create) its session and send CONNACK."""
+                      auth_props: dict | None, claimed: bool = False) -> None:
+    """The client is who it says: attach (or create) its session and send CONNACK. In a
+    cluster, first claim the client id: a node holding its session hands it over."""
     ctx = proto.ctx
+    if ctx.cluster is not None and not claimed:
+        claim = ctx.cluster.claim(proto.client_id, bool(pkt.clean_start))
+        if claim is not None:
+            proto.wait_for(claim, lambda _: _complete_connect(proto, pkt, assigned, auth_props,
+                                                              True))
+            return
     config = ctx.config
     now = ctx.clock()
     version = pkt.version

@@ -75,10 +75,22 @@ def handle_subscribe(proto: ClientProtocol, pkt) -> None:
         # MQTT 3.x knows one failure code, 0x80 [MQTT-3.9.3-2].
         codes = [c if c < 0x80 else RC_UNSPECIFIED_ERROR for c in codes]
     suback = encode(SubAck(SUBACK, pkt.packet_id, codes), proto.version)
-    if journal is None:
-        proto.send(suback)
-    else:       # a persistent session's subscriptions are committed before SUBACK says so
-        journal.ack(proto, suback, mark)
+    # In a cluster, SUBACK waits until every node routes the new filters here, so that what
+    # is published anywhere after it arrives.
+    routed = ctx.cluster.routes_settled() if ctx.cluster is not None else None
+    if routed is not None:
+        proto.wait_for(routed, lambda _: _subscribed(proto, suback, mark, retained, now))
+    else:
+        _subscribed(proto, suback, mark, retained, now)
+
+
+def _subscribed(proto: ClientProtocol, suback: bytes, mark: int, retained: list,
+                now: float) -> None:
+    # SUBACK, then the retained messages of the new subscriptions.
+    ctx = proto.ctx
+    session = proto.session
+    access = session.access
+    _ack(proto, suback, mark)
     store = ctx.retained
     current = store.get
     if access is not None:
@@ -101,7 +113,12 @@ def handle_unsubscribe(proto: ClientProtocol, pkt) -> None:
     mark = journal.ops if journal is not None else 0
     codes = [RC_SUCCESS if registry.unsubscribe(session, full_filter)
              else RC_NO_SUBSCRIPTION_EXISTED for full_filter in pkt.topics]
-    frame = encode(SubAck(UNSUBACK, pkt.packet_id, codes), proto.version)
+    _ack(proto, encode(SubAck(UNSUBACK, pkt.packet_id, codes), proto.version), mark)
+
+
+def _ack(proto: ClientProtocol, frame: bytes, mark: int) -> None:
+    # A persistent session's subscriptions are committed before SUBACK or UNSUBACK says so.
+    journal = proto.ctx.journal
     if journal is None:
         proto.send(frame)
     else:

@@ -283,16 +283,11 @@ class Journal(RegistryListener):
                 shared = _unblob(shared)
                 item = (msg, bool(retain), _unblob(sub_ids),
                         None if shared is None else tuple(shared), seq)
+                got = session.put_back(item, qos, pid, state)
                 if pid:
-                    w.last_pid = pid - 1
-                    got = w.submit(item, qos, True)
-                    if got == pid and state == AWAIT_PUBCOMP:
-                        w.pubrec(pid)
                     last = max(last, pid)
                     if got != pid:       # did not fit the window: it goes again as new
                         row = row[:7] + (0, 0)
-                else:
-                    w.submit(item, qos, False)
                 self._rows[cid][seq] = row
                 self._hold(mid)
                 n += 1
