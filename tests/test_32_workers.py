@@ -304,6 +304,83 @@ def test_pid_file_names_the_supervisor(workers, tmp_path):
     assert not pid_file.exists()
 
 
+# -- across workers: the cluster bus on the supervisor's NATS ----------------------------------
+
+def paho_on(w: Workers, port: int, worker: str, prefix: str, **kw) -> PahoClient:
+    """A paho client that the kernel gave to `worker` (clients landing elsewhere are closed
+    and another is tried: each lands on either with even odds)."""
+    for i in range(40):
+        c = PahoClient(port, f"{prefix}-{i}", protocol=V311, **kw)
+        if landed_on(w, [c.client_id])[c.client_id] == worker:
+            return c
+        c.close()
+    raise AssertionError(f"40 connections and none on {worker}")
+
+
+def test_qos1_between_workers_none_lost(workers):
+    """20 subscriber/publisher pairs on the one port, each pair on a topic of its own; the
+    kernel spreads them, so some pairs are split across the workers (asserted: all 20 on one
+    side would happen 2 times in 2^20). Every pair's 50 QoS 1 messages arrive, in order,
+    once, whichever workers the two landed on."""
+    port = free_port()
+    w = workers("--workers", "2", "-p", str(port), "--no-persistence")
+    pairs, n = 20, 50
+    subs = [PahoClient(port, f"sub-{i}", protocol=V311) for i in range(pairs)]
+    for i, sub in enumerate(subs):
+        sub.subscribe(f"p2p/{i}", qos=1)        # SUBACK: every worker has the route
+    pubs = [PahoClient(port, f"pub-{i}", protocol=V311) for i in range(pairs)]
+    where = landed_on(w, [c.client_id for c in subs + pubs])
+    split = [i for i in range(pairs) if where[f"sub-{i}"] != where[f"pub-{i}"]]
+    assert split, where
+    for i, pub in enumerate(pubs):
+        for k in range(n):
+            pub.publish(f"p2p/{i}", f"{i}:{k}".encode(), qos=1)    # waits for PUBACK
+    for i, sub in enumerate(subs):
+        sub.wait_messages(n, timeout=10)
+        assert sub.payloads(f"p2p/{i}") == [f"{i}:{k}".encode() for k in range(n)], i
+        assert all(m.qos == 1 for m in sub.messages)
+    for c in subs + pubs:
+        c.close()
+    assert w.stop() == 0
+
+
+def retained_seen(w: Workers, port: int, worker: str, topic: str) -> bytes:
+    """The retained payload a new subscriber on `worker` gets for `topic`, once it gets one
+    (the other worker's change reaches this one through the NATS bucket shortly after its
+    PUBACK; a subscriber gets what is retained when it subscribes)."""
+    tries = iter(range(1000))
+
+    def attempt() -> bytes | None:
+        c = paho_on(w, port, worker, f"look-{next(tries)}")
+        try:
+            c.subscribe(topic, qos=1)
+            got = c.wait_messages(1, timeout=0.5)
+            assert got[0].retain
+            return got[0].payload
+        except AssertionError:
+            return None
+        finally:
+            c.close()
+    return wait_until(attempt, timeout=10, what=f"a retained {topic} on {worker}")
+
+
+def test_retained_reaches_a_subscriber_on_the_other_worker(workers):
+    """A retained message published on worker 1 reaches a new subscriber on worker 2, and one
+    that replaces it, published on worker 2, a new subscriber on worker 1."""
+    port = free_port()
+    w = workers("--workers", "2", "-p", str(port), "--no-persistence")
+    pub = paho_on(w, port, "worker-1", "pub")
+    pub.publish("config/led", b"on", qos=1, retain=True)
+    assert retained_seen(w, port, "worker-2", "config/led") == b"on"
+    pub2 = paho_on(w, port, "worker-2", "pub2")
+    pub2.publish("config/led", b"off", qos=1, retain=True)
+    wait_until(lambda: retained_seen(w, port, "worker-1", "config/led") == b"off",
+               timeout=10)
+    pub.close()
+    pub2.close()
+    assert w.stop() == 0
+
+
 # -- user errors: one line, exit code 2 -------------------------------------------------------
 
 def one_line_error(r: subprocess.CompletedProcess) -> str:
