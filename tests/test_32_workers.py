@@ -20,7 +20,8 @@ import urllib.request
 
 import pytest
 
-from cymqtt.config import ConfigError, config_from_dict
+from cymqtt.cluster.workers import find_nats_server, worker_config
+from cymqtt.config import ClusterConfig, Config, ConfigError, HttpConfig, config_from_dict
 from helpers_paho import V311, PahoClient, wait_until
 
 STARTED = re.compile(r"(\d+) workers \(pids ([\d, ]+)\) serve .* meeting on NATS (\S+)"
@@ -379,6 +380,59 @@ def test_retained_reaches_a_subscriber_on_the_other_worker(workers):
     pub.close()
     pub2.close()
     assert w.stop() == 0
+
+
+def test_workers_join_the_configured_cluster(workers, tmp_path):
+    """With a [cluster] table the workers use its NATS, as nodes "<node>-worker-I", and the
+    supervisor starts no NATS server of its own."""
+    nats_port = free_port()
+    nats_dir = tmp_path / "nats"
+    nats = subprocess.Popen([find_nats_server(), "-js", "-a", "127.0.0.1", "-p", str(nats_port),
+                             "-sd", str(nats_dir)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        def up() -> bool:
+            assert nats.poll() is None, "nats-server exited"
+            try:
+                socket.create_connection(("127.0.0.1", nats_port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+        wait_until(up, timeout=10, what="nats-server up")
+        conf = tmp_path / "cymqtt.toml"
+        port = free_port()
+        conf.write_text(f'port = {port}\nworkers = 2\n[cluster]\n'
+                        f'nats = "nats://127.0.0.1:{nats_port}"\nnode = "edge"\n')
+        w = workers("-c", str(conf), "--no-persistence")
+        assert w.nats_pid is None and w.nats_url == f"nats://127.0.0.1:{nats_port}"
+        assert sorted(children(w.proc.pid)) == sorted(w.pids)
+        w.wait_for(re.compile(r"node edge-worker-1 joined"))
+        w.wait_for(re.compile(r"node edge-worker-2 joined"))
+        assert w.stop() == 0
+        assert nats.poll() is None           # not the supervisor's to stop
+    finally:
+        nats.terminate()
+        nats.wait(10)
+
+
+def test_worker_config():
+    """What each worker runs with: the user's config, its own node name, store and (worker 1
+    only) [http]; no pid file."""
+    user = Config(port=1883, workers=3, data_dir="state", pid_file="/run/x.pid",
+                  http=HttpConfig(8080), persistence=True)
+    one, two = (worker_config(user, i, "nats://127.0.0.1:4222") for i in (1, 2))
+    assert one.cluster == ClusterConfig(nats=("nats://127.0.0.1:4222",), node="worker-1")
+    assert two.cluster.node == "worker-2"
+    assert (one.data_dir, two.data_dir) == (os.path.join("state", "worker-1"),
+                                            os.path.join("state", "worker-2"))
+    assert two.store_path() == os.path.join("state", "worker-2", "cymqtt.db")
+    assert one.http == HttpConfig(8080) and two.http is None
+    assert one.pid_file is None and one.workers == 3 and one.port == 1883
+    theirs = user.replace(cluster=ClusterConfig(nats=("tls://nats:4222",), node="edge",
+                                                user="u", password="p"))
+    mine = worker_config(theirs, 2, None).cluster
+    assert (mine.nats, mine.node, mine.user, mine.password) == (("tls://nats:4222",),
+                                                                "edge-worker-2", "u", "p")
 
 
 # -- user errors: one line, exit code 2 -------------------------------------------------------

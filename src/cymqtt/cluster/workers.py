@@ -208,8 +208,11 @@ class Supervisor:
             self._write_pid_file()
             pids = ", ".join(str(w.pid) for w in self.workers)
             where = ", ".join(f"{h}:{p}" for h, p in self._addresses())
-            nats = self.nats_url if self.nats is None else \
-                f"{self.nats_url} (nats-server pid {self.nats.pid}, store {self._nats_dir})"
+            if self.nats is None:       # the [cluster] table's
+                nats = ", ".join(self.config.cluster.nats)
+            else:
+                nats = f"{self.nats_url} (nats-server pid {self.nats.pid}, store " \
+                       f"{self._nats_dir})"
             log.info("%d workers (pids %s) serve %s, meeting on NATS %s; supervisor pid %d",
                      len(self.workers), pids, where, nats, os.getpid())
             self._serve()
@@ -235,7 +238,8 @@ class Supervisor:
         self._sel.register(self._wakeup_r, selectors.EVENT_READ, None)
 
     def _take_signals(self) -> None:
-        """Act on the signals that arrived: stop, forward, or reap children (SIGCHLD)."""
+        """Act on the signals that arrived: stop, or pass on. (SIGCHLD only wakes the loop;
+        `_reap` then looks at every child.)"""
         try:
             data = os.read(self._wakeup_r, 256)
         except BlockingIOError:
@@ -245,7 +249,9 @@ class Supervisor:
                 log.info("%s: stopping the workers", signal.Signals(signum).name)
                 self._stopping = True
             elif signum in FORWARDED and not self._stopping:
-                live = [w for w in self.workers if w.proc is not None]
+                # Only to workers that listen: one still starting has no handler yet, and
+                # SIGHUP's default action would end it.
+                live = [w for w in self.workers if w.proc is not None and w.ready]
                 for w in live:
                     w.proc.send_signal(signum)
                 if signum == signal.SIGHUP:
@@ -334,7 +340,7 @@ class Supervisor:
         ready_r, ready_w = os.pipe()
         cmd = [sys.executable, "-m", "cymqtt", *self.argv, "--worker", str(w.index),
                "--worker-fds", f"{ready_w},{self._lifeline_r}"]
-        if self.nats_url is not None and self.config.cluster is None:
+        if self.nats_url is not None:       # (with [cluster], the workers use its NATS)
             cmd += ["--worker-nats", self.nats_url]
         try:
             w.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, process_group=0,
