@@ -1,4 +1,6 @@
 """The `cymqtt` command: argv and config file -> Config -> Broker, until Ctrl-C or SIGTERM.
+With `--workers N` (N > 1) the command is the supervisor of N such processes instead
+(cluster/workers.py), each started as `cymqtt ARGS --worker I`.
 
 Errors a user can cause (bad option, unreadable or invalid config, port in use) end in one line
 on stderr naming the cause and the fix, and exit code 2; never a traceback.
