@@ -12,6 +12,7 @@ import queue
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -76,13 +77,21 @@ def processes_with(*words: str) -> list[int]:
     return out
 
 
-def mqtt_connect(port: int, client_id: str) -> socket.socket:
-    """A raw MQTT 3.1.1 connection that got its CONNACK (keep alive 0: never times out)."""
+def connect_frame(client_id: str) -> bytes:
+    """MQTT 3.1.1 CONNECT, clean session, keep alive 0 (never timed out)."""
     cid = client_id.encode()
     body = b"\x00\x04MQTT\x04\x02\x00\x00" + len(cid).to_bytes(2, "big") + cid
+    return bytes([0x10, len(body)]) + body
+
+
+CONNACK_OK = b"\x20\x02\x00\x00"
+
+
+def mqtt_connect(port: int, client_id: str) -> socket.socket:
+    """A raw MQTT connection that got its CONNACK."""
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s.sendall(bytes([0x10, len(body)]) + body)
-    assert s.recv(4) == b"\x20\x02\x00\x00", client_id
+    s.sendall(connect_frame(client_id))
+    assert s.recv(4) == CONNACK_OK, client_id
     return s
 
 
@@ -254,11 +263,53 @@ def test_a_killed_nats_server_is_restarted(workers):
     assert not alive(new_pid)
 
 
+def test_every_listener_is_shared_and_failed_restarts_back_off(workers, tmp_path):
+    """TCP, TLS and WebSocket listeners all bind with SO_REUSEPORT (else the second worker
+    could not start) and serve. A worker that cannot start again (its key file gone) is
+    retried after 0.5 s, 1 s, 2 s ...; once the file is back it starts."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "server.pem", tmp_path / "server.key"
+    cert.cert_chain_pems[0].write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    port, tls, ws = free_port(), free_port(), free_port()
+    conf = tmp_path / "cymqtt.toml"
+    conf.write_text(f'port = {port}\nworkers = 2\n'
+                    f'[[listeners]]\nport = {tls}\ncertfile = "{certfile}"\n'
+                    f'keyfile = "{keyfile}"\n'
+                    f'[[listeners]]\nport = {ws}\nprotocol = "websockets"\n')
+    w = workers("-c", str(conf), "--no-persistence")
+    ctx = ssl.create_default_context(cafile=None)
+    ca.configure_trust(ctx)
+    with socket.create_connection(("127.0.0.1", tls), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+        s.sendall(connect_frame("over-tls"))
+        assert s.recv(4) == CONNACK_OK
+    with socket.create_connection(("127.0.0.1", ws), timeout=5) as s:
+        s.sendall(b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 101 ")
+    keyfile.rename(tmp_path / "elsewhere.key")
+    os.kill(w.pids[1], signal.SIGKILL)
+    w.wait_for(re.compile(r"worker 2 \(pid \d+\) killed by SIGKILL .*restarting it in 0.5 s"))
+    w.wait_for(re.compile(r"worker 2 \(pid \d+\) exited with code 2 .*restarting it in 1 s"))
+    w.wait_for(re.compile(r"worker 2 \(pid \d+\) exited with code 2 .*restarting it in 2 s"))
+    assert any("cannot read keyfile" in ln for ln in w.seen), w.seen
+    (tmp_path / "elsewhere.key").rename(keyfile)
+    w.wait_for(re.compile(r"worker 2 restarted: pid \d+"))
+    assert w.stop() == 0
+
+
 def test_sigterm_stops_everything(workers):
     """SIGTERM: the workers stop (their clients are disconnected), then nats-server, then the
-    supervisor, exit code 0, and none of them is left running."""
+    supervisor, exit code 0, and none of them is left running. (With persistence, as here,
+    each worker had its store and NATS its JetStream directory in the data directory.)"""
     port = free_port()
     w = workers("--workers", "2", "-p", str(port))
+    assert sorted(os.listdir("cymqtt-data")) == ["nats", "worker-1", "worker-2"]
+    assert os.path.exists(os.path.join("cymqtt-data", "worker-2", "cymqtt.db"))
     sock = mqtt_connect(port, "held")
     assert w.stop() == 0
     sock.settimeout(5)
