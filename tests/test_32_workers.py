@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -26,7 +28,7 @@ from cymqtt.config import ClusterConfig, Config, ConfigError, HttpConfig, config
 from helpers_paho import V311, PahoClient, wait_until
 
 STARTED = re.compile(r"(\d+) workers \(pids ([\d, ]+)\) serve .* meeting on NATS (\S+)"
-                     r"(?: \(nats-server pid (\d+))?.*; supervisor pid (\d+)")
+                     r"(?: \(nats-server pid (\d+), store ([^)]+)\))?; supervisor pid (\d+)")
 CONNECTED = re.compile(r"INFO (worker-\d+) cymqtt\.connections: New client connected .* as "
                        r"(\S+) ")
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ")
@@ -112,7 +114,8 @@ class Workers:
             self.pids = [int(p) for p in m.group(2).split(", ")]
             self.nats_url = m.group(3)
             self.nats_pid = int(m.group(4)) if m.group(4) else None
-            assert int(m.group(5)) == self.proc.pid
+            self.nats_store = m.group(5)
+            assert int(m.group(6)) == self.proc.pid
             assert len(self.pids) == int(m.group(1))
 
     def _read(self) -> None:
@@ -328,6 +331,9 @@ def test_workers_die_with_the_supervisor(workers):
     w.proc.wait(5)
     wait_until(lambda: not any(alive(pid) for pid in w.everything), timeout=10,
                what="workers and nats-server gone")
+    # (the one thing left: the temporary NATS store of --no-persistence, README says so)
+    assert w.nats_store.startswith(tempfile.gettempdir()) and os.path.isdir(w.nats_store)
+    shutil.rmtree(w.nats_store)
 
 
 def test_sighup_reaches_every_worker(workers, tmp_path):
