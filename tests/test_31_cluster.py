@@ -433,9 +433,73 @@ def test_a_restarted_node_drops_sessions_that_moved_on(cluster, clients):
     wait_until(lambda: b.call(lambda: b.broker.stats()["store_commits"]) > 0)
     b.stop()
     wait_until(lambda: _stats(a)["cluster_nodes"] == 1)
-    back = clients(a.port, "dev", session_expiry=600, clean=False)   # b is down: fresh
-    assert back.session_present is False
+    # b is down: a takes the session on from the cluster's sessions bucket
+    back = clients(a.port, "dev", session_expiry=600, clean=False)
+    assert back.session_present is True
+    back.close()
     b2 = cluster("b", store=store)                  # restores "dev", finds it on a
     assert b2.call(lambda: b2.broker.session("dev")) is None
     again = clients(b2.port, "dev", session_expiry=600, clean=False)
     assert again.session_present is True            # a's, handed over
+
+
+def test_the_rest_api_lists_and_acts_on_every_node(cluster, clients):
+    import json
+    import urllib.request
+
+    from cymqtt.config import HttpConfig
+    a = cluster("a", http=HttpConfig(port=0))
+    b = cluster("b")
+    ca = clients(a.port, "on-a")
+    ca.subscribe("x/a", 1)
+    cb = clients(b.port, "on-b")
+    cb.subscribe("x/b", 1)
+    base = f"http://127.0.0.1:{a.broker.http_port}/api/v1"
+
+    def get(path: str, method: str = "GET") -> dict:
+        req = urllib.request.Request(base + path, method=method)
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read())
+
+    page = get("/clients")
+    assert page["total"] == 2
+    assert [c["client_id"] for c in page["items"]] == ["on-a", "on-b"]
+    assert get("/clients?limit=1&page=2")["items"][0]["client_id"] == "on-b"
+    detail = get("/clients/on-b")
+    assert [s["topic_filter"] for s in detail["subscriptions"]] == ["x/b"]
+    subs = get("/subscriptions")
+    assert [(s["client_id"], s["topic_filter"]) for s in subs["items"]] == [
+        ("on-a", "x/a"), ("on-b", "x/b")]
+    assert get("/clients/on-b", "DELETE") == {"disconnected": "on-b"}
+    assert cb.wait_disconnected() == 0x98
+    wait_until(lambda: get("/clients")["total"] == 1)
+
+
+def test_a_session_whose_node_died_is_taken_on_with_its_subscriptions(cluster, clients,
+                                                                      nats_server, tmp_path):
+    a = cluster("a")
+    conf = tmp_path / "b.toml"
+    b_port = _free_port()
+    conf.write_text(f'port = {b_port}\npersistence = false\n[cluster]\n'
+                    f'nats = "{nats_server.url}"\nnode = "b"\nname = "t"\nnode_timeout = 1.5\n')
+    proc = subprocess.Popen([sys.executable, "-m", "cymqtt", "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _stats(a)["cluster_nodes"] == 2 and _connectable(b_port),
+                   timeout=15)
+        dev = clients(b_port, "dev", session_expiry=600, clean=False)
+        dev.subscribe("d/#", 1)
+        dev.subscribe("$share/g/jobs", 1)
+        time.sleep(0.3)                               # (its record reaches the bucket)
+    finally:
+        proc.kill()                                   # kill -9: no goodbye
+        proc.wait()
+    dev.close()
+    wait_until(lambda: _stats(a)["cluster_nodes"] == 1, timeout=10)
+    back = clients(a.port, "dev", session_expiry=600, clean=False)
+    assert back.session_present is True
+    assert _stats(a)["cluster_sessions_recovered"] == 1
+    clients(a.port, "pub").publish("d/1", b"after the crash", qos=1)
+    assert back.wait_messages(1)[0].payload == b"after the crash"
+    fresh = clients(a.port, "other", session_expiry=600, clean=False)
+    assert fresh.session_present is False             # nothing made up for unknown ids

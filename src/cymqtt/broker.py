@@ -156,7 +156,7 @@ class Broker:
             self._restore()
             self._journal.start(loop)
         if self._bus.active:
-            await self._bus.start(self._ctx, self.node_stats)
+            await self._bus.start(self._ctx, self.node_stats, self._answer)
         try:
             await self._listeners.start(loop)
         except BaseException:
@@ -435,6 +435,31 @@ class Broker:
                 "retain_handling": sub.retain_handling, "subscription_identifier": sub.sub_id,
                 "connected": session.client is not None}
 
+    def client_infos(self, client_ids: list[str]) -> list[dict[str, Any]]:
+        """`client()` of each of `client_ids` connected here, in their order."""
+        infos = (self.client(cid) for cid in client_ids)
+        return [info for info in infos if info is not None]
+
+    def subscription_infos(self, keys: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """`subscription()` of each (client id, filter) of `keys` held here, in their order."""
+        infos = (self.subscription(cid, f) for cid, f in keys)
+        return [info for info in infos if info is not None]
+
+    #: what `everywhere()` may ask every node of a cluster
+    ANSWERS = frozenset({"client_ids", "client_infos", "subscriptions", "subscription_infos",
+                         "disconnect"})
+
+    async def everywhere(self, question: str, *args: Any) -> list[Any]:
+        """The answers of every node of the broker to `question` (a method of ANSWERS called
+        with `args`), this node's first: one answer alone, but in a cluster or with
+        --workers, where each node knows its own clients (the REST API lists them all)."""
+        return [self._answer(question, args), *await self._bus.ask(question, args)]
+
+    def _answer(self, question: str, args: tuple) -> Any:
+        if question not in self.ANSWERS:
+            raise ValueError(f"{question!r} is not a question a node answers")
+        return getattr(self, question)(*args)
+
     def retained_topics(self, topic_filter: str = "#") -> list[str]:
         """The topics with a retained message matching `topic_filter`, sorted. As for a
         subscriber, `#` and `+` leave out `$` topics (ask for `$SYS/#` to see those).
@@ -464,7 +489,9 @@ class Broker:
         delivering nothing to subscribers; False when the topic had none."""
         if self.retained_message(topic) is None:
             return False
-        self._router.retained.store(Message(topic, b"", 0, True))
+        gone = Message(topic, b"", 0, True)
+        self._router.retained.store(gone)
+        self._bus.retained_changed(gone)          # (in a cluster, on every node)
         return True
 
     def disconnect(self, client_id: str, reason_code: int = RC_ADMINISTRATIVE_ACTION,

@@ -16,7 +16,8 @@ The calls, all on the loop thread:
   session gives it up (closes its client, 5.0 DISCONNECT 0x8E) and hands it over. None when
   there is nothing to wait for, else a future that `ClientProtocol.wait_for` waits on.
 - `retained_changed(msg)`: a retained message was stored (or, empty, deleted) here.
-- `start(ctx, stats)`, `close()`, `stats()`, `whole(local_stats)`.
+- `ask(question, args)`: every other node's answer (the REST API's listings).
+- `start(ctx, stats, answer)`, `close()`, `stats()`, `whole(local_stats)`.
 
 What arrives from other nodes the bus gives to the router: `Router.route(msg, now,
 remote=True)` for a forwarded message, `Router.deliver_shared_key` for one picked for a local
@@ -43,9 +44,11 @@ class Bus(RegistryListener):
     active = False
     node = "local"
 
-    async def start(self, ctx: Context, stats: Callable[[], dict[str, int]]) -> None:
+    async def start(self, ctx: Context, stats: Callable[[], dict[str, int]],
+                    answer: Callable[[str, tuple], Any]) -> None:
         """Join the cluster before the broker serves (learn routes and retained messages);
-        `stats` gives this node's own figures, which the others add up (`whole`)."""
+        `stats` gives this node's own figures, which the others add up (`whole`), `answer`
+        its answer to another node's `ask`."""
 
     async def close(self) -> None:
         """Leave the cluster (the other nodes drop this node's routes at once)."""
@@ -62,6 +65,11 @@ class Bus(RegistryListener):
     def stats(self) -> dict[str, Any]:
         """The bus's own counters (cluster_*)."""
         return {}
+
+    async def ask(self, question: str, args: tuple) -> list[Any]:
+        """What every other node answers to `question` (one of `Broker.ANSWERS`, asked of
+        its Broker with `args`); an empty list on one node."""
+        return []
 
     def whole(self, local: dict[str, int]) -> dict[str, int]:
         """The whole broker's figures: `local` (this node's) with every other node's added."""

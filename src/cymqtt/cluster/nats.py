@@ -12,6 +12,8 @@ Subjects (``<p>`` is `[cluster] name`, "cymqtt" by default; topics escaped by cl
     <p>.ctl.probe             request: which of these client ids have a session on you
     <p>.ctl.bye               a node leaving
     $KV.<p>_retained.<key>    retained messages (a JetStream key-value bucket)
+    $KV.<p>_sessions.<key>    each persistent session's node, expiry and subscriptions: a
+                              node takes it on when the client comes back and its node is gone
 
 Routing. Each node subscribes on NATS to the filters its clients hold, and tells the others
 (`route`), which keep a route table (a topic trie of every other node's filters): a publish
@@ -64,6 +66,7 @@ from cymqtt.cluster.wire import (
     topic_subject, unpack_message, unpack_session,
 )
 from cymqtt.config import ConfigError
+from cymqtt.consts import NEVER
 from cymqtt.message import Message
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -93,12 +96,13 @@ def _queue_name(key: tuple[str, str]) -> str:
 
 
 class _Peer:
-    __slots__ = ("node", "inc", "version", "seen", "routes", "stats", "syncing")
+    __slots__ = ("node", "inc", "version", "latest", "seen", "routes", "stats", "syncing")
 
     def __init__(self, node: str, inc: int, now: float) -> None:
         self.node = node
         self.inc = inc
-        self.version = -1            # -1: its table not known yet
+        self.version = -1            # the route version our table of it is at; -1: none yet
+        self.latest = -1             # the highest version it told us of
         self.seen = now
         self.routes: set[tuple[str | None, str]] = set()
         self.stats: dict[str, Any] = {}
@@ -142,12 +146,19 @@ class NatsBus(Bus):
         self._s = f"{p}.s"
         self._ctl = f"{p}.ctl"
         self._bucket = f"{p}_retained"
+        self._sessions_bucket = f"{p}_sessions"
+        self._sessions_kv = None
+        # This tick's changes to the sessions bucket: client id -> record, None: delete.
+        self._session_out: dict[str, bytes | None] = {}
+        self._giving: str | None = None            # the client id give_away is handing over
+        self._recorded: set[str] = set()           # client ids with a record there
         self._inc = time.time_ns()                 # this run of the node
         self._version = 0                          # changes to our routes, announced in order
         self._nc = None                            # subscriptions, control, plain publishes
         self._shared_nc = None                     # shared-group publishes (see _publish)
         self._ctx: Context | None = None
         self._node_stats: Callable[[], dict[str, int]] = dict
+        self._answer: Callable[[str, tuple], Any] = lambda q, a: None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Our routes: (group, filter) -> client ids holding it; by client, for session ends.
         self._holders: dict[tuple[str | None, str], set[str]] = {}
@@ -180,13 +191,15 @@ class NatsBus(Bus):
         self.counters = {"cluster_forwarded": 0, "cluster_received": 0,
                          "cluster_duplicates_dropped": 0, "cluster_bad_messages": 0,
                          "cluster_too_big": 0, "cluster_claims": 0, "cluster_handovers_in": 0,
-                         "cluster_handovers_out": 0}
+                         "cluster_handovers_out": 0, "cluster_sessions_recovered": 0}
 
     # -- joining and leaving -------------------------------------------------------------------
 
-    async def start(self, ctx: Context, stats: Callable[[], dict[str, int]]) -> None:
+    async def start(self, ctx: Context, stats: Callable[[], dict[str, int]],
+                    answer: Callable[[str, tuple], Any]) -> None:
         self._ctx = ctx
         self._node_stats = stats
+        self._answer = answer
         self._loop = asyncio.get_running_loop()
         self._ops = asyncio.Queue()
         self._retained_ready = asyncio.Event()
@@ -216,6 +229,7 @@ class NatsBus(Bus):
             await self.close()
             raise
         await nc.subscribe(f"{self._ctl}.probe", cb=self._on_probe)
+        await nc.subscribe(f"{self._ctl}.ask", cb=self._on_ask)
         self._tasks.append(asyncio.create_task(self._beat(), name="cymqtt-cluster-heartbeat"))
         # Meet the others: they answer a heartbeat from a node they do not know with theirs,
         # and we ask each one we hear of for its routes.
@@ -342,10 +356,12 @@ class NatsBus(Bus):
     def _flush_out(self) -> None:
         # Once per tick: everything forwarded during it goes to NATS in one go.
         self._flushing = False
-        if self._out or self._kv_out:
+        if self._out or self._kv_out or self._session_out:
             out, self._out = self._out, []
             kv, self._kv_out = self._kv_out, []
-            task = asyncio.ensure_future(self._send(out, kv))
+            sessions = self._records(self._session_out)
+            self._session_out = {}
+            task = asyncio.ensure_future(self._send(out, kv, sessions))
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
 
@@ -357,7 +373,7 @@ class NatsBus(Bus):
         task.add_done_callback(self._background.discard)
         return task
 
-    async def _send(self, out: list, kv: list) -> None:
+    async def _send(self, out: list, kv: list, sessions: list) -> None:
         nc = self._nc
         shared_nc = self._shared_nc
         limit = nc.max_payload
@@ -378,6 +394,12 @@ class NatsBus(Bus):
                     await nc.publish(subject, value)
                 else:
                     self.counters["cluster_too_big"] += 1
+            for client_id, record in sessions:
+                subject = f"$KV.{self._sessions_bucket}.{kv_key(client_id)}"
+                if record is None:
+                    await nc.publish(subject, b"", headers={"KV-Operation": "DEL"})
+                elif len(record) <= limit:
+                    await nc.publish(subject, record)
         except NatsError as exc:
             log.warning("cluster: could not forward %d messages to NATS: %s", len(out), exc)
 
@@ -423,6 +445,7 @@ class NatsBus(Bus):
 
     def subscribed(self, session: Session, sub: Subscription) -> None:
         key = (sub.group, sub.topic_filter)
+        self._note_session(session)
         keys = self._by_client.setdefault(session.client_id, set())
         if key in keys:
             return
@@ -439,10 +462,76 @@ class NatsBus(Bus):
         if keys is not None and key in keys:
             keys.discard(key)
             self._release(key, session.client_id)
+        self._note_session(session)
 
     def session_ended(self, session: Session) -> None:
         for key in self._by_client.pop(session.client_id, ()):
             self._release(key, session.client_id)
+        cid = session.client_id
+        if cid in self._recorded:
+            self._recorded.discard(cid)
+            if cid != self._giving:            # (handed over: the new node writes it)
+                self._session_record(cid, None)
+
+    def session_connected(self, session: Session) -> None:
+        self._note_session(session)
+
+    def session_disconnected(self, session: Session) -> None:
+        self._note_session(session)
+
+    # -- persistent sessions in the cluster's bucket ---------------------------------------------
+    # Each node keeps there, for each of its persistent sessions, what a node needs to take it
+    # on if this one dies for good: its expiry, subscriptions and when its client left (not
+    # its queue, which is this node's store's).
+
+    def _note_session(self, session: Session) -> None:
+        cid = session.client_id
+        if session.expiry_interval:
+            self._recorded.add(cid)
+            self._session_record(cid, session)
+        elif cid in self._recorded:             # (an MQTT 5 client reconnected with 0)
+            self._recorded.discard(cid)
+            self._session_record(cid, None)
+
+    def _session_record(self, client_id: str, session: Session | None) -> None:
+        # Written with the tick's other changes (packed then, once however often it changed).
+        if self._sessions_kv is None:
+            return
+        self._session_out[client_id] = session
+        if not self._flushing:
+            self._flushing = True
+            self._loop.call_soon(self._flush_out)
+
+    def _records(self, changed: dict[str, Session | None]) -> list[tuple[str, bytes | None]]:
+        wall = time.time()
+        return [(cid, None if session is None else marshal.dumps(
+                    (self.node, self._inc, None if session.client is not None else wall,
+                     pack_session(session, 0.0, window=False))))
+                for cid, session in changed.items()]
+
+    async def _recover(self, client_id: str) -> None:
+        # No live node holds the session: it may be in the bucket, left by a node that died.
+        registry = self._ctx.registry
+        try:
+            entry = await self._sessions_kv.get(kv_key(client_id))
+            node, inc, left, packed = marshal.loads(entry.value)
+        except (NatsError, EOFError, ValueError, TypeError):
+            return                  # (KeyNotFoundError is a NatsError: none)
+        peer = self._peers.get(node)
+        if registry.get(client_id) is not None or (node == self.node and inc == self._inc) \
+                or (peer is not None and peer.inc == inc):
+            return                  # here, or its node is alive and did not hand it over
+        now = self._ctx.clock()
+        session, _ = unpack_session(packed, self._ctx.config, now)
+        wall = time.time()
+        gone = left if left is not None else wall     # (it was connected when its node died)
+        if session.expiry_interval != NEVER and gone + session.expiry_interval <= wall:
+            return
+        registry.adopt(session, [], now)
+        self.counters["cluster_sessions_recovered"] += 1
+        log.warning("client %s: its session was on node %s, which is gone: taken on here "
+                    "with its %d subscriptions (the messages queued there are lost)",
+                    client_id, node, len(session.subscriptions))
 
     def _release(self, key: tuple[str | None, str], client_id: str) -> None:
         holders = self._holders.get(key)
@@ -529,11 +618,16 @@ class NatsBus(Bus):
         peer = self._peers.get(node)
         if peer is None or peer.inc != inc:
             peer = self._meet(node, inc)
-        elif version == peer.version + 1:
+        peer.latest = max(peer.latest, version)
+        peer.seen = time.monotonic()
+        if version == peer.version + 1:
             peer.version = version
-            peer.seen = time.monotonic()
             self._set_route(peer, op == "+", (group, topic_filter))
         elif version > peer.version:
+            # Out of step (a lost update, or its table is still on its way): take this one
+            # now, since its node waits for our answer before its SUBACK, and the whole
+            # table again.
+            self._set_route(peer, op == "+", (group, topic_filter))
             self._resync(peer)
         if m.reply:
             await self._nc.publish(m.reply, marshal.dumps(self.node))
@@ -584,6 +678,9 @@ class NatsBus(Bus):
         finally:
             peer.syncing = False
         if self._peers.get(peer.node) is not peer or inc != peer.inc:
+            return
+        if version < peer.latest:
+            self._resync(peer)             # a change overtook the table: ask again
             return
         wanted = {(g, f) for g, f in routes}
         for key in peer.routes - wanted:
@@ -644,6 +741,7 @@ class NatsBus(Bus):
             await self._heartbeat()             # so that it learns of us now
         peer.seen = time.monotonic()
         peer.stats = stats
+        peer.latest = max(peer.latest, version)
         if version != peer.version and not peer.syncing:
             self._resync(peer)
 
@@ -698,7 +796,7 @@ class NatsBus(Bus):
     # -- client ids ----------------------------------------------------------------------------
 
     def claim(self, client_id: str, clean_start: bool) -> asyncio.Future | None:
-        if not self._peers:
+        if not self._peers and (clean_start or self._ctx.registry.get(client_id) is not None):
             return None
         self.counters["cluster_claims"] += 1
         return self._spawn(self._claim(client_id, clean_start))
@@ -706,8 +804,11 @@ class NatsBus(Bus):
     async def _claim(self, client_id: str, clean_start: bool) -> None:
         replies = await self._request(
             f"{self._ctl}.claim", marshal.dumps((self.node, client_id, clean_start)),
-            set(self._peers), self._cfg.claim_timeout)
+            set(self._peers), self._cfg.claim_timeout) if self._peers else []
         ctx = self._ctx
+        if not clean_start and not any(isinstance(r, tuple) and r[1] is not None
+                                       for r in replies):
+            await self._recover(client_id)
         for reply in replies:
             if not isinstance(reply, tuple) or reply[1] is None:
                 continue
@@ -768,7 +869,11 @@ class NatsBus(Bus):
         if session is not None:
             # Packed before the registry lets go (it keeps the subscriptions for that).
             packed = pack_session(session, now) if not clean_start else None
-            given = ctx.registry.give_away(client_id, clean_start, now)
+            self._giving = client_id
+            try:
+                given = ctx.registry.give_away(client_id, clean_start, now)
+            finally:
+                self._giving = None
             if given is None:
                 packed = None
             else:
@@ -779,16 +884,21 @@ class NatsBus(Bus):
 
     # -- retained messages ---------------------------------------------------------------------
 
-    async def _start_retained(self) -> None:
+    async def _bucket_kv(self, name: str):
         js = self._nc.jetstream()
         try:
             try:
-                kv = await js.key_value(self._bucket)
+                return await js.key_value(name)
             except NatsError:
-                kv = await js.create_key_value(bucket=self._bucket, history=1)
+                return await js.create_key_value(bucket=name, history=1)
         except NatsError as exc:
             raise ConfigError(f"[cluster]: the NATS server has no JetStream for the retained "
-                              f"messages ({exc}); start nats-server with -js") from None
+                              f"messages and sessions ({exc}); start nats-server with -js") \
+                from None
+
+    async def _start_retained(self) -> None:
+        kv = await self._bucket_kv(self._bucket)
+        self._sessions_kv = await self._bucket_kv(self._sessions_bucket)
         watcher = await kv.watchall()
         self._tasks.append(asyncio.create_task(self._watch(watcher),
                                                name="cymqtt-cluster-retained"))
@@ -832,6 +942,31 @@ class NatsBus(Bus):
             n += 1
 
     # -- what the whole cluster looks like ------------------------------------------------------
+
+    async def ask(self, question: str, args: tuple) -> list[Any]:
+        if not self._peers:
+            return []
+        replies = await self._request(f"{self._ctl}.ask",
+                                      marshal.dumps((self.node, question, args)),
+                                      set(self._peers), self._cfg.claim_timeout)
+        return [r[1] for r in replies if isinstance(r, tuple) and r[2] is None]
+
+    async def _on_ask(self, m) -> None:
+        try:
+            node, question, args = marshal.loads(m.data)
+            answer, error = self._answer(question, tuple(args)), None
+        except (EOFError, ValueError, TypeError) as exc:
+            answer, error = None, str(exc)
+        if m.reply:
+            try:
+                data = marshal.dumps((self.node, answer, error))
+            except ValueError as exc:
+                data = marshal.dumps((self.node, None, str(exc)))
+            if len(data) > self._nc.max_payload:
+                data = marshal.dumps((self.node, None, "answer too big"))
+                log.warning("cluster: the answer to %s from node %s is over NATS's "
+                            "max_payload; left out", question, node)
+            await self._nc.publish(m.reply, data)
 
     def peers(self) -> dict[str, dict[str, Any]]:
         """The other live nodes, each with the stats of its last heartbeat."""

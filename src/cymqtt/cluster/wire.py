@@ -104,15 +104,16 @@ def _options(sub: Subscription) -> int:
         (sub.retain_handling << 4)
 
 
-def pack_session(session: Session, now: float) -> bytes:
+def pack_session(session: Session, now: float, window: bool = True) -> bytes:
     """Everything another node needs to go on with `session`: its expiry, subscriptions, and
-    its window as it stands (in flight under their packet ids and states, then the queue).
-    Takes the window's messages out: the session is leaving this node."""
+    its window as it stands (in flight under their packet ids and states, then the queue),
+    which this takes out (the session is leaving this node); `window` False leaves the
+    window alone and out (the record a node keeps in the cluster's sessions bucket)."""
     subs = [(sub.full_filter, _options(sub), sub.sub_id)
             for sub in session.subscriptions.values()]
     items = []
     w = session.window
-    if w is not None:
+    if w is not None and window:
         for pid, qos, state, item in w.take_inflight():
             items.append((pid, state, qos, _item(item, now)))
         for qos, item in w.drain_queue():

@@ -112,41 +112,68 @@ def _client_json(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _connected_client(broker: Broker, client_id: str) -> dict[str, Any]:
-    info = broker.client(client_id)
-    if info is None:
-        raise ApiError(404, f"no connected client {client_id[:100]!r}")
-    return info
+# -- listings of the whole broker -----------------------------------------------------------
+# In a cluster (or with --workers) each node knows its own clients and sessions: a listing
+# asks every node (Broker.everywhere) for its sorted keys, merges them, and asks again for the
+# details of one page's keys only.
+
+async def _keys(broker: Broker, question: str, *args: Any) -> list:
+    answers = await broker.everywhere(question, *args)
+    if len(answers) == 1:
+        return answers[0]
+    return sorted({tuple(k) if isinstance(k, list) else k for a in answers for k in a})
+
+
+async def _page(broker: Broker, keys: list, query: dict[str, Any], question: str,
+                key_of: Callable[[dict], Any], render: Callable[[dict], Any]) -> dict[str, Any]:
+    page = page_of(keys, query, lambda key: key)
+    found = {key_of(info): info for answer in await broker.everywhere(question, page["items"])
+             for info in answer}
+    page["items"] = [render(found[k]) for k in page["items"] if k in found]
+    return page
+
+
+def _sub_key(info: dict) -> tuple[str, str]:
+    return info["client_id"], info["topic_filter"]
+
+
+async def _connected_client(broker: Broker, client_id: str) -> dict[str, Any]:
+    for answer in await broker.everywhere("client_infos", [client_id]):
+        if answer:
+            return answer[0]
+    raise ApiError(404, f"no connected client {client_id[:100]!r}")
 
 
 # -- handlers --------------------------------------------------------------------------------
 
 async def list_clients(call: Call) -> Any:
     b = call.broker
-    return page_of(b.client_ids(call.query["search"]), call.query,
-                   lambda cid: _client_json(b.client(cid)))
+    ids = await _keys(b, "client_ids", call.query["search"])
+    return await _page(b, ids, call.query, "client_infos", lambda info: info["client_id"],
+                       _client_json)
 
 
 async def get_client(call: Call) -> Any:
     b = call.broker
     client_id = call.path["client_id"]
-    out = _client_json(_connected_client(b, client_id))
-    out["subscriptions"] = [b.subscription(cid, f)
-                            for cid, f in b.subscriptions(client_id=client_id)]
+    out = _client_json(await _connected_client(b, client_id))
+    keys = await _keys(b, "subscriptions", client_id)
+    out["subscriptions"] = [info for answer in await b.everywhere("subscription_infos", keys)
+                            for info in answer]
     return out
 
 
 async def disconnect_client(call: Call) -> Any:
     client_id = call.path["client_id"]
-    if not call.broker.disconnect(client_id):
+    if not any(await call.broker.everywhere("disconnect", client_id)):
         raise ApiError(404, f"no connected client {client_id[:100]!r}")
     return {"disconnected": client_id}
 
 
 async def list_subscriptions(call: Call) -> Any:
     b = call.broker
-    keys = b.subscriptions(client_id=call.query["client_id"], search=call.query["search"])
-    return page_of(keys, call.query, lambda key: b.subscription(*key))
+    keys = await _keys(b, "subscriptions", call.query["client_id"], call.query["search"])
+    return await _page(b, keys, call.query, "subscription_infos", _sub_key, lambda info: info)
 
 
 def _retained_item(broker: Broker, topic: str) -> dict[str, Any]:
