@@ -8,9 +8,8 @@ The supervisor (this module, in the process the user started) runs no broker its
   `--worker I` option: a normal Broker whose config is the user's with
   `cluster = ClusterConfig(nats=(url,), node="worker-I")` (`worker_config`), its own store in
   `<data_dir>/worker-I`, and every MQTT listener bound with SO_REUSEPORT, so the kernel
-  spreads new connections over the workers. The `[http]` listener is worker 1's alone: the
-  HTTP server binds without SO_REUSEPORT, and one worker answering keeps /metrics from
-  jumping between the workers' own figures;
+  spreads new connections over the workers. The `[http]` listener is worker 1's alone (the
+  HTTP server binds without SO_REUSEPORT); through the bus it shows the whole broker;
 - restarts a worker that dies (one log line with its exit code or signal; one that dies
   within STABLE seconds of its start is restarted after a delay that doubles each time, up to
   MAX_BACKOFF), and a NATS server that dies;
