@@ -1,4 +1,6 @@
 """The `cymqtt` command: argv and config file -> Config -> Broker, until Ctrl-C or SIGTERM.
+With `--workers N` (N > 1) the command is the supervisor of N such processes instead
+(cluster/workers.py), each started as `cymqtt ARGS --worker I`.
 
 Errors a user can cause (bad option, unreadable or invalid config, port in use) end in one line
 on stderr naming the cause and the fix, and exit code 2; never a traceback.
@@ -9,6 +11,7 @@ import argparse
 import asyncio
 import errno
 import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -47,8 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "restarts (default ./cymqtt-data)")
     p.add_argument("--no-persistence", action="store_true",
                    help="keep everything in memory only (lost on restart)")
+    p.add_argument("--workers", metavar="N", type=_workers,
+                   help="run N worker processes sharing the ports, meeting on a local NATS "
+                        "server (\"auto\": one per core; default 1, one process)")
+    # A worker of `--workers N` (cluster/workers.py starts them): its index, the NATS URL of
+    # the supervisor's server, and its ready and lifeline pipes.
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--worker-nats", help=argparse.SUPPRESS)
+    p.add_argument("--worker-fds", help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"cymqtt {__version__}")
     return p
+
+
+def _workers(value: str) -> int | str:
+    # "auto" or a count; anything else goes on to Config, whose error names the key.
+    return int(value) if value.strip().isdigit() else value
 
 
 def make_config(args: argparse.Namespace) -> tuple[Config, list[str]]:
@@ -63,7 +79,8 @@ def with_options(config: Config, args: argparse.Namespace) -> Config:
     unless told not to (persistence = false, or --no-persistence)."""
     log_level = args.log_level or ("debug" if args.verbose else None)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
-                                   ("log_level", log_level), ("data_dir", args.data_dir))
+                                   ("log_level", log_level), ("data_dir", args.data_dir),
+                                   ("workers", args.workers))
                  if v is not None}
     if args.no_persistence:
         overrides["persistence"] = False
@@ -73,6 +90,9 @@ def with_options(config: Config, args: argparse.Namespace) -> Config:
     if args.http is not None:
         http = config.http or HttpConfig(args.http)
         config = config.replace(http=HttpConfig(args.http, http.host, http.token))
+    if args.worker is not None:
+        from cymqtt.cluster.workers import worker_config
+        config = worker_config(config, args.worker, args.worker_nats)
     return config
 
 
@@ -103,7 +123,15 @@ async def _serve(config: Config, loop_name: str, args: argparse.Namespace) -> No
             loop.add_signal_handler(sig, handler)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
             pass
+    ready_fd = None
+    if args.worker is not None:       # a worker: stop with the supervisor, tell it when ready
+        from cymqtt.cluster.workers import watch_lifeline
+        ready_fd, lifeline_fd = (int(fd) for fd in args.worker_fds.split(","))
+        watch_lifeline(loop, lifeline_fd, stop.set)
     await broker.start()
+    if ready_fd is not None:
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
     pid_file = config.pid_file
     try:
         if pid_file:
@@ -150,6 +178,25 @@ def _reload(broker, args: argparse.Namespace) -> None:
     broker.reload(config)
 
 
+def _supervise(config: Config, argv: list[str]) -> int:
+    """`--workers N`: the supervisor of N worker processes (cluster/workers.py)."""
+    from cymqtt.cluster.workers import Supervisor, SupervisorError
+    try:
+        return Supervisor(config, argv).run()
+    except SupervisorError as exc:
+        print(f"cymqtt: {exc}", file=sys.stderr)
+        return 2
+
+
+def _name_worker_log(index: int) -> None:
+    """Worker lines carry the worker's name ("... INFO worker-2 cymqtt: ..."): the workers
+    share the supervisor's stderr (or log file). Syslog lines carry the pid already."""
+    fmt = logs.FORMAT.replace("%(levelname)s ", f"%(levelname)s worker-{index} ")
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler, logging.handlers.SysLogHandler):
+            handler.setFormatter(logging.Formatter(fmt))
+
+
 def _raise_fd_limit() -> None:
     from cymqtt.net.accept import raise_open_file_limit
 
@@ -187,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"cymqtt: cannot log to {config.log_dest}: {exc.strerror}", file=sys.stderr)
         return 2
+    if args.worker is not None:
+        _name_worker_log(args.worker)
+    elif config.workers > 1:
+        return _supervise(config, argv)
     _raise_fd_limit()
     loop_name = _install_loop()
     try:

@@ -347,6 +347,10 @@ class Config:
     http: HttpConfig | None = None
     # This broker as one node of a cluster on NATS ([cluster]); None: a single node.
     cluster: ClusterConfig | None = None
+    # Worker processes of the `cymqtt` command, sharing the listeners (SO_REUSEPORT) and meeting
+    # on NATS ("auto": one per core, os.cpu_count()); 1: one process. A Broker whose config says
+    # more than 1 is one of them: its listeners share their ports with the others.
+    workers: int = 1
 
     def __post_init__(self) -> None:
         errors: list[str] = []
@@ -402,8 +406,24 @@ class Config:
              "a ClusterConfig (the [cluster] table)")
         if isinstance(self.cluster, ClusterConfig):
             errors.extend(self.cluster.check())
+        errors.extend(self._check_workers())
         if errors:
             raise ConfigError("\n".join(errors))
+
+    def _check_workers(self) -> list[str]:
+        if self.workers == "auto":
+            object.__setattr__(self, "workers", os.cpu_count() or 1)
+        n = self.workers
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            return [f"config key 'workers' must be an integer >= 1 or \"auto\", not {n!r}"]
+        if n == 1:
+            return []
+        # Each worker binds the same ports; with port 0 each would pick a different one. ([http]
+        # is worker 1's alone.)
+        ports = [("config key 'port'", self.port)] + [
+            (f"[[listeners]] #{i + 1}: 'port'", lc.port) for i, lc in enumerate(self.listeners)]
+        return [f"{key} must not be 0 with workers > 1 (each worker would pick a different "
+                "port); choose a port" for key, port in ports if port == 0]
 
     def store_path(self) -> str | None:
         """The database file the broker persists to, or None when persistence is off
@@ -433,6 +453,8 @@ for _f in fields(Config):
     else:
         _TYPES[_f.name] = (str,)
 
+
+_TYPES["workers"] = (str, int)       # an int, or "auto" (Config checks which string)
 
 _TABLES = {"http": http_from_dict, "cluster": cluster_from_dict}
 

@@ -211,8 +211,10 @@ class AcceptServer:
             self._reserve = None
 
 
-def _bind(infos: list, backlog: int) -> list[socket.socket]:
-    """Listening sockets for every address of `infos` (as loop.create_server)."""
+def _bind(infos: list, backlog: int, reuse_port: bool = False) -> list[socket.socket]:
+    """Listening sockets for every address of `infos` (as loop.create_server); with
+    `reuse_port`, SO_REUSEPORT: other processes bind the same port and the kernel spreads
+    new connections over them all."""
     sockets: list[socket.socket] = []
     seen = set()
     try:
@@ -223,6 +225,8 @@ def _bind(infos: list, backlog: int) -> list[socket.socket]:
             sock = socket.socket(family, type_, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
@@ -241,9 +245,11 @@ def _bind(infos: list, backlog: int) -> list[socket.socket]:
 
 async def start_server(loop: asyncio.AbstractEventLoop,
                        factory: Callable[[], asyncio.BaseProtocol], host: str | None, port: int,
-                       metrics: Metrics, *, backlog: int = 4096, ssl=None) -> AcceptServer:
-    """Bind `host`:`port` and accept on it. Raises OSError (port in use, say) or
-    socket.gaierror (a host that does not resolve)."""
+                       metrics: Metrics, *, backlog: int = 4096, ssl=None,
+                       reuse_port: bool = False) -> AcceptServer:
+    """Bind `host`:`port` (shared with other processes when `reuse_port`: SO_REUSEPORT) and
+    accept on it. Raises OSError (port in use, say) or socket.gaierror (a host that does not
+    resolve)."""
     infos = await loop.getaddrinfo(host or None, port, family=socket.AF_UNSPEC,
                                    type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    return AcceptServer(loop, factory, _bind(infos, backlog), metrics, ssl)
+    return AcceptServer(loop, factory, _bind(infos, backlog, reuse_port), metrics, ssl)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.config import Config
     from cymqtt.context import Context
 
-__all__ = ["ListenerSet", "ListenerSpec", "specs_from_config", "tls_context"]
+__all__ = ["NO_REUSE_PORT", "ListenerSet", "ListenerSpec", "specs_from_config", "tls_context"]
 
 log = logging.getLogger("cymqtt.net")
 
@@ -35,14 +36,19 @@ CONNECTION_TYPES: dict[str, type[Connection]] = {"mqtt": Connection,
                                                   "websockets": WebSocketConnection}
 SCHEMES = {"mqtt": ("mqtt", "mqtts"), "websockets": ("ws", "wss")}
 
+NO_REUSE_PORT = ("workers > 1 needs SO_REUSEPORT (processes sharing a port), which this "
+                 "platform does not have; run one process (workers = 1)")
+
 
 @dataclass(frozen=True)
 class ListenerSpec:
-    """One listening socket: where, what it speaks, and its TLS context (None: plain TCP)."""
+    """One listening socket: where, what it speaks, its TLS context (None: plain TCP), and
+    whether other processes share its port (SO_REUSEPORT)."""
 
     name: str
     config: ListenerConfig
     ssl: ssl.SSLContext | None = None
+    reuse_port: bool = False
 
     @property
     def host(self) -> str:
@@ -54,8 +60,12 @@ class ListenerSpec:
 
 
 def specs_from_config(config: Config) -> list[ListenerSpec]:
-    """Every listener of `config`, TLS contexts loaded. Raises ConfigError naming the listener
-    and the file when a certificate or key cannot be used."""
+    """Every listener of `config`, TLS contexts loaded, shared (SO_REUSEPORT) with the other
+    workers when `config.workers` > 1. Raises ConfigError naming the listener and the file when
+    a certificate or key cannot be used, or when the platform cannot share ports."""
+    reuse_port = config.workers > 1
+    if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+        raise ConfigError(NO_REUSE_PORT)
     listeners = list(config.listeners)
     if config.port is not None:
         listeners.insert(0, ListenerConfig(config.port, config.host))
@@ -66,7 +76,8 @@ def specs_from_config(config: Config) -> list[ListenerSpec]:
         if name in names:
             name = f"{name}@{lc.host}"
         names.add(name)
-        specs.append(ListenerSpec(name, lc, tls_context(lc, name) if lc.tls else None))
+        specs.append(ListenerSpec(name, lc, tls_context(lc, name) if lc.tls else None,
+                                  reuse_port))
     return specs
 
 
@@ -129,7 +140,8 @@ class ListenerSet:
                 # open-file limit on asyncio and uvloop (refused, counted, logged).
                 server = await start_server(
                     loop, lambda name=spec.name: self.make_connection(name),
-                    spec.host, spec.port, self._ctx.metrics, backlog=4096, ssl=spec.ssl)
+                    spec.host, spec.port, self._ctx.metrics, backlog=4096, ssl=spec.ssl,
+                    reuse_port=spec.reuse_port)
                 self._servers.append((spec, server))
         except BaseException:
             self.close()
