@@ -333,6 +333,7 @@ def test_partitioned_node_is_dropped_and_comes_back(nodes, clients):
     wait_until(lambda: a.stats()["cluster_routes_remote"] >= 1 and
                c.stats()["cluster_routes_remote"] >= 1, what="b's route on a and c")
     routes_a = a.stats()["cluster_routes_remote"]
+    routes_c = c.stats()["cluster_routes_remote"]
     pub = clients(a, "p-pub")
     pub.publish("hosts/onlyb/x", b"before", qos=1)
     assert held.wait_messages(1)[0].payload == b"before"
@@ -343,9 +344,9 @@ def test_partitioned_node_is_dropped_and_comes_back(nodes, clients):
         for node in (a, c):
             wait_until(lambda n=node: n.stats()["cluster_nodes"] == 2,
                        timeout=NODE_TIMEOUT + 2.0, what=f"node {node.name} to drop b")
-        dropped_after = time.monotonic() - t0
-        assert dropped_after < NODE_TIMEOUT + 2.0
+        print(f"a and c dropped b {time.monotonic() - t0:.2f} s after its link went down")
         assert a.stats()["cluster_routes_remote"] < routes_a
+        assert c.stats()["cluster_routes_remote"] < routes_c
         forwarded = a.stats()["cluster_forwarded"]
         for i in range(10):
             pub.publish("hosts/onlyb/x", f"during {i}", qos=1)    # nobody else holds it
@@ -359,9 +360,13 @@ def test_partitioned_node_is_dropped_and_comes_back(nodes, clients):
     finally:
         b.link(True)                               # plug it back in
 
+    t0 = time.monotonic()
     for node in (a, b, c):
         wait_until(lambda n=node: n.stats()["cluster_nodes"] == 3, timeout=15,
                    what=f"node {node.name} to see all three again")
+    print(f"all three saw each other {time.monotonic() - t0:.2f} s after the link came up")
+    # b, cut off, had dropped the other two as well.
+    assert "node a silent" in b.log_tail() and "node c silent" in b.log_tail()
     wait_until(lambda: a.stats()["cluster_routes_remote"] >= routes_a, timeout=5,
                what="b's routes back on a")
     pub.publish("hosts/onlyb/x", b"after", qos=1)
