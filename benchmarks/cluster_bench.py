@@ -21,6 +21,8 @@ mem  RSS growth of one broker per 10,000 idle connections, cluster off and on (e
    on a cluster node is a client-id claim over NATS: the connect rate is reported too), and
    the memory of 10,000 distinct filters held by node B, on B, on node A (its route table)
    and in nats-server.
+overload  (not in the default) cross-node QoS 1 flat out for 20 s: the backlog between nodes,
+   the memory it takes, and whether node b holds node a for dead meanwhile.
 
 Cross-node runs use `cymqtt-bench` with its subscribers' connections sent to node B's port
 (the `_load` sub-command below wraps the bench worker's connect; the bench itself talks to one
@@ -196,6 +198,11 @@ SCENARIOS_B = [("QoS 0 paced", 0, 100.0), ("QoS 1 paced", 1, 100.0),
                ("QoS 0 flat out", 0, 0.0), ("QoS 1 flat out", 1, 0.0)]
 
 
+def _chosen(scenarios: list, o) -> list:
+    return [s for s in scenarios if o.scenarios is None or
+            any(w.strip() in s[0] for w in o.scenarios.split(","))]
+
+
 def part_a(tmp: str, o) -> list[dict]:
     nats = Nats(tmp)
     off = Node(tmp, "off")
@@ -204,10 +211,10 @@ def part_a(tmp: str, o) -> list[dict]:
     _wait(lambda: on.stats()["cluster_nodes"] == 2, 10, "the two cluster nodes")
     rows = []
     try:
-        for title, qos, rate in SCENARIOS_A:
+        for title, qos, rate in _chosen(SCENARIOS_A, o):
             runs: dict[str, list[dict]] = {"off": [], "on": []}
-            for _ in range(o.repeats):
-                for node in (off, on):
+            for i in range(o.repeats):
+                for node in ((off, on) if i % 2 == 0 else (on, off)):    # (alternate first)
                     servers = [node] + ([idle] if node is on else [])
                     r = _measured(lambda: _bench(_pubsub(qos, rate, o.duration), node.port),
                                   servers, nats if node is on else None)
@@ -231,10 +238,10 @@ def part_b(tmp: str, o) -> list[dict]:
     _wait(lambda: a.stats()["cluster_nodes"] == 2, 10, "the two nodes")
     rows = []
     try:
-        for title, qos, rate in SCENARIOS_B:
+        for title, qos, rate in _chosen(SCENARIOS_B, o):
             runs: dict[str, list[dict]] = {"local": [], "cross": []}
-            for _ in range(o.repeats):
-                for mode in ("local", "cross"):
+            for i in range(o.repeats):
+                for mode in (("local", "cross") if i % 2 == 0 else ("cross", "local")):
                     args = _pubsub(qos, rate, o.duration)
                     f0 = a.stats()["cluster_forwarded"]
                     r = _measured(lambda: _bench(args, a.port,
@@ -252,6 +259,69 @@ def part_b(tmp: str, o) -> list[dict]:
             s.stop()
         nats.stop()
     return rows
+
+
+def part_overload(tmp: str, o) -> dict:
+    """Cross-node QoS 1 flat out for --overload-duration s (drain 30 s): A acknowledges what
+    it forwards at once, so nothing slows its publishers to what B takes; sampled each second:
+    A's and nats-server's RSS; and what B logged of the cluster meanwhile."""
+    import threading
+
+    nats = Nats(tmp)
+    a = Node(tmp, "o-a", nats, nodes=1)
+    b = Node(tmp, "o-b", nats, nodes=2)
+    samples: list = []
+    done = threading.Event()
+
+    def sample() -> None:
+        t0 = time.monotonic()
+        while not done.wait(1.0):
+            samples.append((round(time.monotonic() - t0), _rss_kb(a.pid) // 1024,
+                            _rss_kb(nats.proc.pid) // 1024))
+    try:
+        _wait(lambda: a.stats()["cluster_nodes"] == 2, 10, "the two nodes")
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        args = _pubsub(1, 0.0, o.overload_duration)
+        args[args.index("--drain") + 1] = "30"
+        v0 = nats.varz()
+        try:
+            r = _bench(args, a.port, b.port)
+        finally:
+            done.set()
+            sampler.join()
+        v1 = nats.varz()
+        counts = {"nats_" + k: v1[k] - v0[k] for k in ("in_msgs", "out_msgs", "slow_consumers")}
+        for name, node in (("a", a), ("b", b)):
+            st = node.stats()     # (b's own figures: a's are 0 or come from its heartbeat)
+            counts.update({f"{name}_{k}": st[k] for k in (
+                "cluster_forwarded", "cluster_received", "messages_dropped")})
+    finally:
+        for s in (b, a):
+            s.stop()
+        nats.stop()
+    with open(os.path.join(tmp, "o-b.log"), errors="replace") as f:
+        silent = [line.strip() for line in f if "cymqtt.cluster" in line]
+    out = {"result": {k: r[k] for k in ("sent", "received", "lost", "sent_per_s",
+                                        "recv_per_s", "latency_ms")},
+           "rss_mb": samples, "b_log": silent, "counts": counts}
+    print(f"overload: {out}", file=sys.stderr)
+    return out
+
+
+def table_overload(ov: dict) -> str:
+    r = ov["result"]
+    peak_a = max((s[1] for s in ov["rss_mb"]), default=0)
+    peak_n = max((s[2] for s in ov["rss_mb"]), default=0)
+    lines = [f"A acknowledged {r['sent_per_s']:,.0f} msg/s, B delivered "
+             f"{r['recv_per_s']:,.0f} msg/s; {r['received']:,} of {r['sent']:,} arrived "
+             f"(lost {r['lost']:,}); latency p50 {r['latency_ms']['p50'] / 1000:.1f} s, "
+             f"p99 {r['latency_ms']['p99'] / 1000:.1f} s; RSS peak: node a {peak_a} MB, "
+             f"nats-server {peak_n} MB.", "",
+             "Counters: " + ", ".join(f"{k} {v:,}" for k, v in ov["counts"].items()) + ".",
+             "", "node b's log:", ""]
+    lines += [f"    {line}" for line in ov["b_log"]] or ["    (nothing)"]
+    return "\n".join(lines)
 
 
 def _hold_connections(node: Node, n: int, extra: list[str] | None = None) -> dict:
@@ -391,20 +461,23 @@ def table_b(rows: list[dict]) -> str:
 
 
 def table_c(rows: list[dict]) -> str:
-    out = ["| scenario | brokers CPU µs/msg local | brokers CPU µs/msg cross (a + b) | "
-           "bus µs/msg (difference) | nats-server CPU µs/msg | NATS msgs in+out per msg | "
-           "NATS bytes in per msg | NATS bytes out per msg |",
+    out = ["| scenario | brokers CPU µs/msg local | brokers CPU µs/msg cross: a (sends) + "
+           "b (receives) | bus µs/msg (difference) | nats-server CPU µs/msg | "
+           "NATS msgs in+out per msg | NATS bytes in per msg | NATS bytes out per msg |",
            "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lo, cr = row["runs"]["local"], row["runs"]["cross"]
         cl = _med(lo, lambda r: _cpu_per_m(r))
         cc = _med(cr, lambda r: _cpu_per_m(r))
+        ca = _med(cr, lambda r: _cpu_per_m(r, {"a"}))
+        cb = _med(cr, lambda r: _cpu_per_m(r, {"b"}))
         nc = _med(cr, lambda r: r["nats_cpu_s"] / max(1, r["received"]) * 1e6)
         nm = _med(cr, lambda r: (r["nats"]["in_msgs"] + r["nats"]["out_msgs"]) /
                   max(1, r["received"]))
         bi = _med(cr, lambda r: r["nats"]["in_bytes"] / max(1, r["received"]))
         bo = _med(cr, lambda r: r["nats"]["out_bytes"] / max(1, r["received"]))
-        out.append(f"| {row['scenario']} | {cl:.2f} | {cc:.2f} | {cc - cl:.2f} | {nc:.2f} | "
+        out.append(f"| {row['scenario']} | {cl:.2f} | {cc:.2f}: {ca:.2f} + {cb:.2f} | "
+                   f"{cc - cl:.2f} | {nc:.2f} | "
                    f"{nm:.2f} | {bi:.0f} | {bo:.0f} |")
     return "\n".join(out)
 
@@ -450,35 +523,58 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_load":
         return _load(sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--parts", default="a,b,mem", help="a, b, mem (default all)")
+    p.add_argument("--parts", default="a,b,mem",
+                   help="a, b, mem, overload (default a,b,mem)")
+    p.add_argument("--overload-duration", type=float, default=20.0)
     p.add_argument("--duration", type=float, default=6.0, help="seconds per run")
     p.add_argument("--repeats", type=int, default=3, help="runs per variant (median)")
+    p.add_argument("--scenarios", default=None,
+                   help="only scenarios whose title contains one of these (comma-separated), "
+                        "e.g. 'flat out' or 'QoS 0 paced'")
     p.add_argument("--connections", type=int, default=10_000)
     p.add_argument("--filters", type=int, default=10_000)
     p.add_argument("--json", default=None, help="write every run's figures here")
+    p.add_argument("--from-json", default=None,
+                   help="run nothing: print the tables of a --json file again")
     o = p.parse_args()
+    if o.from_json:
+        with open(o.from_json) as f:
+            report(json.load(f))
+        return 0
     parts = set(o.parts.split(","))
     results: dict = {"duration": o.duration, "repeats": o.repeats}
     with tempfile.TemporaryDirectory(prefix="cluster-bench-") as tmp:
         if "a" in parts:
             results["a"] = part_a(tmp, o)
-            print("\n### (a) cluster layer off / on, no remote subscription matches\n")
-            print(table_a(results["a"]), flush=True)
         if "b" in parts:
             results["b"] = part_b(tmp, o)
-            print("\n### (b) cross-node p2p: publishers on a, subscribers on b\n")
-            print(table_b(results["b"]))
-            print("\n### (c) per-message costs of the bus\n")
-            print(table_c(results["b"]), flush=True)
         if "mem" in parts:
             results["mem"] = part_mem(tmp, o)
             results["mem"]["connections"] = o.connections
-            print("\n### memory\n")
-            print(table_mem(results["mem"]), flush=True)
+        if "overload" in parts:
+            results["overload"] = part_overload(tmp, o)
     if o.json:
         with open(o.json, "w") as f:
             json.dump(results, f, indent=1)
+    report(results)
     return 0
+
+
+def report(results: dict) -> None:
+    if "a" in results:
+        print("\n### (a) cluster layer off / on, no remote subscription matches\n")
+        print(table_a(results["a"]))
+    if "b" in results:
+        print("\n### (b) cross-node p2p: publishers on a, subscribers on b\n")
+        print(table_b(results["b"]))
+        print("\n### (c) per-message costs of the bus\n")
+        print(table_c(results["b"]))
+    if "mem" in results:
+        print("\n### memory\n")
+        print(table_mem(results["mem"]))
+    if "overload" in results:
+        print("\n### cross-node QoS 1 overload\n")
+        print(table_overload(results["overload"]))
 
 
 if __name__ == "__main__":
