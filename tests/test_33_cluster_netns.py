@@ -307,6 +307,7 @@ def test_client_id_takeover_across_hosts(nodes, clients):
     pub = clients(b, "t-pub")
     for i in range(5):
         pub.publish("hosts/cmd/dev", f"queued {i}", qos=1)     # b -> a, queued there
+    # (stats() adds up every node's figures; b and c queue nothing for anyone)
     wait_until(lambda: a.stats()["queued_messages"] + a.stats()["inflight_messages"] >= 5,
                what="the 5 messages queued on node a")
     moved = clients(c, "dev", clean=False, session_expiry=300)  # it comes back on host c
