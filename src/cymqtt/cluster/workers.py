@@ -8,8 +8,8 @@ The supervisor (this module, in the process the user started) runs no broker its
   `--worker I` option: a normal Broker whose config is the user's with
   `cluster = ClusterConfig(nats=(url,), node="worker-I")` (`worker_config`), its own store in
   `<data_dir>/worker-I`, and every MQTT listener bound with SO_REUSEPORT, so the kernel
-  spreads new connections over the workers. The `[http]` listener is worker 1's alone (the
-  HTTP server binds without SO_REUSEPORT); through the bus it shows the whole broker;
+  spreads new connections over the workers; so is the `[http]` listener, each worker
+  answering for the whole broker through the bus;
 - restarts a worker that dies (one log line with its exit code or signal; one that dies
   within STABLE seconds of its start is restarted after a delay that doubles each time, up to
   MAX_BACKOFF), and a NATS server that dies;
@@ -86,7 +86,7 @@ def worker_config(config: Config, index: int, nats_url: str | None) -> Config:
     """Worker `index`'s config (from 1): the user's, joined to the cluster on `nats_url` as
     node "worker-<index>" (on the user's [cluster], when there is one, "<node>-worker-<index>"
     with its credentials), its store in `<data_dir>/worker-<index>`, no pid file (the
-    supervisor writes it), and the [http] listener on worker 1 only."""
+    supervisor writes it)."""
     if config.cluster is not None:
         base = config.cluster.node or socket.gethostname().split(".")[0] or "cymqtt"
         cluster = dataclasses.replace(config.cluster, node=f"{base}-worker-{index}")
@@ -94,7 +94,7 @@ def worker_config(config: Config, index: int, nats_url: str | None) -> Config:
         assert nats_url is not None, "no [cluster] and no NATS URL"
         cluster = ClusterConfig(nats=(nats_url,), node=f"worker-{index}")
     return config.replace(
-        cluster=cluster, pid_file=None, http=config.http if index == 1 else None,
+        cluster=cluster, pid_file=None,
         data_dir=os.path.join(config.data_dir or DEFAULT_DATA_DIR, f"worker-{index}"))
 
 

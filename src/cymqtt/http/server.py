@@ -74,7 +74,10 @@ class HttpServer:
                                shutdown_timeout=1.0)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self._port, backlog=128).start()
+            # With --workers every worker serves the port (SO_REUSEPORT); each answers for
+            # the whole broker through the cluster.
+            await web.TCPSite(runner, self.host, self._port, backlog=128,
+                              reuse_port=self.broker.config.workers > 1 or None).start()
         except OSError as exc:
             await runner.cleanup()
             raise BindError(self.host, self._port, exc) from None
