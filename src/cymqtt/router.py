@@ -60,8 +60,10 @@ class Router:
         # MATCH_CACHE_REFS subscriptions in all.
         self._matches: dict[str, list] = {}
         self._match_refs = 0
-        # The cluster (cluster.Bus) when this node has others to forward to, else None.
+        # In a cluster: the bus (cluster.Bus), told of retained changes; and its `forward`
+        # while some other node has a route at all (else None: a publish costs one test).
         self.bus = None
+        self.forward = None
 
     # -- subscriptions -------------------------------------------------------------------------
 
@@ -107,8 +109,10 @@ class Router:
         if not remote:
             if msg.retain and self.retain_available:
                 self.retained.store(msg)
-            if self.bus is not None:
-                remote_groups = self.bus.forward(msg)
+                if self.bus is not None:
+                    self.bus.retained_changed(msg)
+            if self.forward is not None:
+                remote_groups = self.forward(msg)
         # Delivery to every matching session (one function: this is the hot path).
         matches = self._matches
         subs = matches.get(msg.topic)

@@ -9,7 +9,8 @@ call a bus whose `active` is true.
 The calls, all on the loop thread:
 
 - `forward(msg)`: the router routed `msg` locally; send it to the nodes that subscribe to its
-  topic. Returns the names of the shared-subscription groups the bus delivers itself (some
+  topic (the router calls it through `Router.forward`, which the bus sets only while some
+  other node has a route at all). Returns the names of the shared-subscription groups the bus delivers itself (some
   member is on another node: the cluster picks one member for the whole group), which the
   router then leaves out of its own picks; None when it takes none.
 - `claim(client_id, clean_start)`: a CONNECT for `client_id`; another node that holds its

@@ -212,6 +212,7 @@ class NatsBus(Bus):
             for sub in session.subscriptions.values():
                 self.subscribed(session, sub)
         ctx.router.bus = self
+        self._routes_changed()
         ctx.cluster = self
         self._tasks.append(asyncio.create_task(self._apply_ops(), name="cymqtt-cluster-routes"))
         log.info("cluster: node %s joined %s over NATS at %s (%d other node%s)", self.node,
@@ -272,6 +273,7 @@ class NatsBus(Bus):
             await nc.close()
         if self._ctx is not None and self._ctx.router.bus is self:
             self._ctx.router.bus = None
+            self._ctx.router.forward = None
             self._ctx.cluster = None
 
     # -- routing out ---------------------------------------------------------------------------
@@ -279,8 +281,6 @@ class NatsBus(Bus):
     def forward(self, msg: Message) -> frozenset[str] | None:
         topic = msg.topic
         nodes, groups = self._table.lookup(topic)
-        if msg.retain:
-            self.retained_changed(msg)
         if nodes is None and groups is None:
             return None
         fields = message_fields(msg, self._ctx.clock())
@@ -301,6 +301,12 @@ class NatsBus(Bus):
 
     def retained_changed(self, msg: Message) -> None:
         self._buckets.retained_changed(msg)
+
+    def _routes_changed(self) -> None:
+        # The router calls forward() only while some other node has a route at all.
+        router = self._ctx.router
+        if router.bus is self:
+            router.forward = self.forward if self._table.size else None
 
     def _changed(self) -> None:
         # Something to send: at the end of this tick, with everything else of it.
@@ -648,6 +654,7 @@ class NatsBus(Bus):
             # again.
             for add, key in changes:
                 self._table.set(peer, add, key)
+            self._routes_changed()
             if version == peer.version + 1:
                 peer.version = version
             else:
@@ -690,6 +697,7 @@ class NatsBus(Bus):
             self._table.set(peer, False, key)
         for key in wanted - peer.routes:
             self._table.set(peer, True, key)
+        self._routes_changed()
         peer.version = version
 
     async def _on_sync(self, m) -> None:
@@ -703,6 +711,7 @@ class NatsBus(Bus):
         self._slow.discard(peer.node)
         peer.gate.wake()
         self._table.drop(peer)
+        self._routes_changed()
         for wait in self._waits.values():
             wait.reply(peer.node, None)         # (it will not answer)
         log.log(logging.INFO if why == "left" else logging.WARNING,

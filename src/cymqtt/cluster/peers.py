@@ -112,6 +112,7 @@ class RouteTable:
         self._plain = TopicTrie()                 # (filter, node) -> node
         self._shared = TopicTrie()                # ((group, filter), node) -> group
         self._cache: dict[str, tuple[frozenset | None, frozenset | None]] = {}
+        self.size = 0                             # routes, all nodes together
 
     def lookup(self, topic: str) -> tuple[frozenset | None, frozenset | None]:
         """(nodes with a plain subscription matching `topic`, shared groups with a member
@@ -133,6 +134,7 @@ class RouteTable:
         group, topic_filter = key
         if add == (key in peer.routes):
             return
+        self.size += 1 if add else -1
         if add:
             peer.routes.add(key)
             if group is None:
