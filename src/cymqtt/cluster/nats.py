@@ -391,17 +391,22 @@ class NatsBus(Bus):
 
     # -- routing in ----------------------------------------------------------------------------
 
+    def _unpack(self, m) -> tuple[list[Message], str, int]:
+        try:
+            return unpack_messages(m.data, self._ctx.clock())
+        except ValueError:
+            self.counters["cluster_bad_messages"] += 1
+            return [], "", 0
+
     def _plain_handler(self, topic_filter: str):
         async def on_message(m) -> None:
+            msgs, origin, seq = self._unpack(m)
+            if not msgs:
+                return
             ctx = self._ctx
             now = ctx.clock()
-            try:
-                msgs, origin, seq = unpack_messages(m.data, now)
-            except ValueError:
-                self.counters["cluster_bad_messages"] += 1
-                return
             router = ctx.router
-            matched = self._plain.match(msgs[0].topic) if msgs else None
+            matched = self._plain.match(msgs[0].topic)
             # One copy per NATS subscription that matched: keep the one through the smallest
             # of our filters that match in MQTT's terms (`#` skips `$` topics). (A batch is
             # one subject, so one topic.)
@@ -421,13 +426,11 @@ class NatsBus(Bus):
 
     def _shared_handler(self, key: tuple[str, str]):
         async def on_message(m) -> None:
+            msgs, origin, seq = self._unpack(m)
+            if not msgs:
+                return
             ctx = self._ctx
             now = ctx.clock()
-            try:
-                msgs, origin, seq = unpack_messages(m.data, now)
-            except ValueError:
-                self.counters["cluster_bad_messages"] += 1
-                return
             self.counters["cluster_received"] += len(msgs)
             router = ctx.router
             for msg in msgs:
