@@ -169,9 +169,11 @@ class Buckets:
         self._sessions_out[client_id] = session
         self._bus._changed()
 
-    async def recover(self, client_id: str) -> bool:
-        """No live node holds `client_id`'s session: take it on from the bucket when a node
-        that is gone left it there and it has not expired. True when it did."""
+    async def recover(self, client_id: str, answered: set[str]) -> bool:
+        """No node that `answered` a claim holds `client_id`'s session: take it on from the
+        bucket when the node that left it there is gone, or did not answer in time (it may
+        have given the session up, too late for the claim), and it has not expired. True
+        when it did."""
         bus = self._bus
         registry = bus._ctx.registry
         try:
@@ -181,8 +183,8 @@ class Buckets:
             return False            # (KeyNotFoundError is a NatsError: none)
         peer: Any = bus._peers.get(node)
         if registry.get(client_id) is not None or (node == bus.node and inc == bus._inc) \
-                or (peer is not None and peer.inc == inc):
-            return False            # here, or its node is alive and did not hand it over
+                or (peer is not None and peer.inc == inc and node in answered):
+            return False            # here, or its node answered without handing it over
         now = bus._ctx.clock()
         session, _ = unpack_session(packed, bus._ctx.config, now)
         wall = time.time()
@@ -190,7 +192,7 @@ class Buckets:
         if session.expiry_interval != NEVER and gone + session.expiry_interval <= wall:
             return False
         registry.adopt(session, [], now)
-        log.warning("client %s: its session was on node %s, which is gone: taken on here "
-                    "with its %d subscriptions (the messages queued there are lost)",
-                    client_id, node, len(session.subscriptions))
+        log.warning("client %s: its session was on node %s, which is gone or did not "
+                    "answer: taken on here with its %d subscriptions (the messages queued "
+                    "there are lost)", client_id, node, len(session.subscriptions))
         return True

@@ -835,7 +835,8 @@ class NatsBus(Bus):
         ctx = self._ctx
         if not clean_start and not any(isinstance(r, tuple) and r[1] is not None
                                        for r in replies):
-            if await self._buckets.recover(client_id):
+            answered = {r[0] for r in replies if isinstance(r, tuple)}
+            if await self._buckets.recover(client_id, answered):
                 self.counters["cluster_sessions_recovered"] += 1
         for reply in replies:
             if not isinstance(reply, tuple) or reply[1] is None:
