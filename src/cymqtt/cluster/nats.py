@@ -79,7 +79,7 @@ from cymqtt.message import Message
 from cymqtt.protocol.publish import THROTTLE_MAX
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cymqtt.config import ClusterConfig, Config
+    from cymqtt.config import ClusterConfig
     from cymqtt.context import Context
     from cymqtt.session import Session, Subscription
 
@@ -100,9 +100,8 @@ QUEUE = "q"
 class NatsBus(Bus):
     active = True
 
-    def __init__(self, cfg: ClusterConfig, config: Config) -> None:
+    def __init__(self, cfg: ClusterConfig) -> None:
         self._cfg = cfg
-        self._config = config
         self.node = cfg.node or default_node()
         p = self._prefix = cfg.name
         self._m = f"{p}.m"
@@ -391,54 +390,40 @@ class NatsBus(Bus):
 
     # -- routing in ----------------------------------------------------------------------------
 
-    def _unpack(self, m) -> tuple[list[Message], str, int]:
+    async def _take(self, m, key: tuple[str | None, str]) -> None:
+        # One batch from another node, through our NATS subscription for `key`: to our
+        # plain subscriptions, or to one member of the shared group `key`, each message
+        # waiting while the one before left subscribers congested.
+        ctx = self._ctx
+        now = ctx.clock()
         try:
-            return unpack_messages(m.data, self._ctx.clock())
+            msgs, origin, seq = unpack_messages(m.data, now)
         except ValueError:
             self.counters["cluster_bad_messages"] += 1
-            return [], "", 0
-
-    def _plain_handler(self, topic_filter: str):
-        async def on_message(m) -> None:
-            msgs, origin, seq = self._unpack(m)
-            if not msgs:
-                return
-            ctx = self._ctx
-            now = ctx.clock()
-            router = ctx.router
-            matched = self._plain.match(msgs[0].topic)
+            return
+        router = ctx.router
+        if key[0] is None and msgs:
             # One copy per NATS subscription that matched: keep the one through the smallest
             # of our filters that match in MQTT's terms (`#` skips `$` topics). (A batch is
             # one subject, so one topic.)
-            take = bool(matched) and min(matched) == topic_filter
-            if take:
-                for msg in msgs:
-                    router.route(msg, now, True)
-                    if router.congested:
-                        await self._hold_back(router)
-                        now = ctx.clock()
-            if take:
-                self.counters["cluster_received"] += len(msgs)
-            else:
+            matched = self._plain.match(msgs[0].topic)
+            if not matched or min(matched) != key[1]:
                 self.counters["cluster_duplicates_dropped"] += len(msgs)
-            self._processed(origin, seq)
-        return on_message
-
-    def _shared_handler(self, key: tuple[str, str]):
-        async def on_message(m) -> None:
-            msgs, origin, seq = self._unpack(m)
-            if not msgs:
-                return
-            ctx = self._ctx
-            now = ctx.clock()
-            self.counters["cluster_received"] += len(msgs)
-            router = ctx.router
-            for msg in msgs:
+                msgs = []
+        for msg in msgs:
+            if key[0] is None:
+                router.route(msg, now, True)
+            else:
                 router.deliver_shared_key(key, msg, now)
-                if router.congested:
-                    await self._hold_back(router)
-                    now = ctx.clock()
-            self._processed(origin, seq)
+            if router.congested:
+                await self._hold_back(router)
+                now = ctx.clock()
+        self.counters["cluster_received"] += len(msgs)
+        self._processed(origin, seq)
+
+    def _handler(self, key: tuple[str | None, str]):
+        async def on_message(m) -> None:
+            await self._take(m, key)
         return on_message
 
     # -- flow control between nodes -------------------------------------------------------------
@@ -607,13 +592,13 @@ class NatsBus(Bus):
         group, topic_filter = key
         nc = self._nc
         if group is None:
-            subs = [await nc.subscribe(s, cb=self._plain_handler(topic_filter))
+            subs = [await nc.subscribe(s, cb=self._handler(key))
                     for s in filter_subjects(self._m, topic_filter)]
             self._plain.subscribe(topic_filter, topic_filter, topic_filter)
         else:
             prefix = f"{self._s}.{escape_level(group)}"
             subs = [await nc.subscribe(s, queue=queue_name(key),
-                                       cb=self._shared_handler(key))
+                                       cb=self._handler(key))
                     for s in filter_subjects(prefix, topic_filter)]
         self._nats_subs[key] = subs
 
