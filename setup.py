@@ -68,15 +68,16 @@ elif MODE == "debug":
     cflags = ["/Od", "/Zi"] if MSVC else ["-O0", "-g", "-Wall"]
     directives["linetrace"] = True
 
-# The packages whose .pyx files are compiled: the broker's core, and cymqtt-bench's hot loops.
+# The packages whose .pyx files are compiled: the broker's core, its own transport (net/_stream),
+# and cymqtt-bench's hot loops.
 # Paths are relative to this file, which is where pip and build run it from (a checkout or an
 # unpacked sdist: MANIFEST.in puts the .pyx, .pxd and .pxi files there).
-PACKAGES = ("_fast", "bench")
+PACKAGES = ("_fast", "net", "bench")
 os.chdir(HERE)
 sources = sorted(src for pkg in PACKAGES
                  for src in glob.glob(os.path.join("src", "cymqtt", pkg, "*.pyx")))
 if not sources:
-    sys.exit("cymqtt: no .pyx sources under src/cymqtt/{_fast,bench}: an incomplete checkout or sdist")
+    sys.exit("cymqtt: no .pyx sources under src/cymqtt/{_fast,net,bench}: an incomplete checkout or sdist")
 # CYMQTT_ONLY=codec,topics builds just those modules (handy while several people edit _fast/).
 only = [m for m in os.environ.get("CYMQTT_ONLY", "").split(",") if m]
 if only:

@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST_STUBS = ("buffer", "codec", "consts", "inflight", "topics")
 SOURCE_ONLY = ("*.c", "*.cpp", "*.pyx", "*.pxd", "*.pxi", "*.o")
 # Where Cython writes its annotated .html (beside the .pyx); the dashboard's .html is shipped.
-CYTHON_DIRS = ("cymqtt/_fast/", "cymqtt/bench/")
+CYTHON_DIRS = ("cymqtt/_fast/", "cymqtt/net/", "cymqtt/bench/")
 STATIC = "src/cymqtt/http/static/"
 
 
@@ -72,6 +72,7 @@ def check_names(names: set[str], version: str, pytag: str, windows: bool) -> lis
     py = [f for f in project_files("src/cymqtt") if f.endswith(".py")]
     want = {f[len("src/"):] for f in py}
     want |= {f"cymqtt/_fast/{m}.pyi" for m in FAST_STUBS} | {"cymqtt/py.typed"}
+    want.add("cymqtt/net/_stream.pyi")
     want |= {f[len("src/"):] for f in project_files(STATIC)}
     want.add(f"cymqtt-{version}.dist-info/licenses/LICENSE")
     for f in sorted(want - names):

@@ -44,4 +44,4 @@ echo "test-installed-wheel: $(basename "$whl") in $venv ($("$venv/bin/python" -V
 "$venv/bin/python" scripts/test_wheel.py --project . "$@"
 (cd "$out" && "$venv/bin/python" -m mypy.stubtest --allowlist ../../scripts/stubtest-allowlist.txt \
    cymqtt._fast.buffer cymqtt._fast.codec cymqtt._fast.consts cymqtt._fast.inflight \
-   cymqtt._fast.topics)
+   cymqtt._fast.topics cymqtt.net._stream)

@@ -167,6 +167,7 @@ class Broker:
                 await self._http.start()
             except BaseException:           # (http.BindError: its port is taken)
                 self._listeners.close()
+                self._listeners.release()
                 raise
         self._running = True
         self._tasks.append(asyncio.create_task(self._sweep_forever(), name="cymqtt-sweep"))
@@ -238,6 +239,7 @@ class Broker:
                 pass
         self._tasks.clear()
         self._listeners.flush()
+        self._listeners.release_later()
         await asyncio.sleep(0)
         await self._bus.close()
         if self._journal is not None:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.metrics import Metrics
+    from cymqtt.net._stream import Reactor
 
 try:
     import resource
@@ -86,16 +87,19 @@ def _open_reserve() -> int | None:
 
 
 class AcceptServer:
-    """The listening sockets of one listener, accepted with `loop.add_reader`; each accepted
-    socket gets a transport from `loop.connect_accepted_socket` (asyncio and uvloop alike)."""
+    """The listening sockets of one listener, accepted with `loop.add_reader`. Each accepted
+    socket becomes a Stream of `reactor` (net/_stream: plain TCP on Linux) or else gets a
+    transport from `loop.connect_accepted_socket` (TLS; asyncio and uvloop alike)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.BaseProtocol],
-                 sockets: list[socket.socket], metrics: Metrics, ssl=None) -> None:
+                 sockets: list[socket.socket], metrics: Metrics, ssl=None,
+                 reactor: Reactor | None = None) -> None:
         self._loop = loop
         self._factory = factory
         self.sockets = sockets
         self._metrics = metrics
         self._ssl = ssl
+        self._reactor = reactor if ssl is None else None
         self._reserve = _open_reserve()
         self._refused = 0           # refused since the last report
         self._why = ""              # the last accept() error, for the report
@@ -108,8 +112,17 @@ class AcceptServer:
 
     def _on_readable(self, sock: socket.socket) -> None:
         loop = self._loop
+        reactor = self._reactor
         for _ in range(ACCEPT_BATCH):
             try:
+                if reactor is not None:
+                    # A descriptor, no socket object: the reactor owns it from here on.
+                    fd, _addr = sock._accept()     # type: ignore[attr-defined]
+                    try:
+                        reactor.attach(fd, self._factory())
+                    except OSError as exc:
+                        log.debug("accepted socket lost before it was set up: %s", exc)
+                    continue
                 conn, _addr = sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
@@ -246,10 +259,10 @@ def _bind(infos: list, backlog: int, reuse_port: bool = False) -> list[socket.so
 async def start_server(loop: asyncio.AbstractEventLoop,
                        factory: Callable[[], asyncio.BaseProtocol], host: str | None, port: int,
                        metrics: Metrics, *, backlog: int = 4096, ssl=None,
-                       reuse_port: bool = False) -> AcceptServer:
+                       reuse_port: bool = False, reactor: Reactor | None = None) -> AcceptServer:
     """Bind `host`:`port` (shared with other processes when `reuse_port`: SO_REUSEPORT) and
-    accept on it. Raises OSError (port in use, say) or socket.gaierror (a host that does not
-    resolve)."""
+    accept on it, into `reactor` when given (not for TLS). Raises OSError (port in use, say)
+    or socket.gaierror (a host that does not resolve)."""
     infos = await loop.getaddrinfo(host or None, port, family=socket.AF_UNSPEC,
                                    type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    return AcceptServer(loop, factory, _bind(infos, backlog, reuse_port), metrics, ssl)
+    return AcceptServer(loop, factory, _bind(infos, backlog, reuse_port), metrics, ssl, reactor)

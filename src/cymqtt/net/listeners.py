@@ -6,7 +6,10 @@ with `protocol = "websockets"`, MQTT over WebSocket on either (net/websocket.py)
 names say which: "mqtt:1883", "mqtts:8883", "ws:8080", "wss:8081". Every accepted socket
 becomes a `net.Connection` (a `WebSocketConnection` on a WebSocket listener) driving a
 `ClientProtocol`; the set of open ones is kept here for the sweep and for shutdown, and the
-connection counts `max_connections` limits.
+connection counts `max_connections` limits. On Linux, plain-TCP sockets (MQTT and WebSocket)
+get the broker's own transport, a `Stream` of one epoll `Reactor` per loop (net/_stream.pyx:
+about 170 bytes per connection where a uvloop transport takes 1.3 KB); TLS sockets, and every
+socket elsewhere, get the loop's.
 """
 from __future__ import annotations
 
@@ -18,8 +21,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cymqtt.config import ConfigError, ListenerConfig
+from cymqtt.net import _stream
 from cymqtt.net.accept import AcceptServer, start_server
-from cymqtt.net.connection import READ_SIZE, Admission, Connection, Endpoint, Flusher
+from cymqtt.net.connection import LINGER, READ_SIZE, Admission, Connection, Endpoint, Flusher
 from cymqtt.net.websocket import WebSocketConnection
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -130,6 +134,7 @@ class ListenerSet:
         self.flusher: Flusher | None = None
         self._endpoints: dict[str, Endpoint] = {}
         self.admission = Admission(ctx.config.max_connections)
+        self.reactor: _stream.Reactor | None = None
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind them all; raises OSError (port in use, say) with nothing left bound."""
@@ -141,15 +146,19 @@ class ListenerSet:
                 server = await start_server(
                     loop, lambda name=spec.name: self.make_connection(name),
                     spec.host, spec.port, self._ctx.metrics, backlog=4096, ssl=spec.ssl,
-                    reuse_port=spec.reuse_port)
+                    reuse_port=spec.reuse_port, reactor=self.reactor)
                 self._servers.append((spec, server))
         except BaseException:
             self.close()
+            self.release()
             raise
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Use `loop` for the coalesced writes (start() does this)."""
         self.flusher = Flusher(loop, self._ctx.metrics)
+        if _stream.AVAILABLE:
+            self.release()
+            self.reactor = _stream.Reactor(loop, read_size=READ_SIZE)
         read_buffer = memoryview(bytearray(READ_SIZE))
         self._endpoints = {spec.name: Endpoint(spec.name, self.flusher, self.connections,
                                                read_buffer, spec.config, self.admission)
@@ -190,6 +199,20 @@ class ListenerSet:
         for _, server in self._servers:
             server.close()
         self._servers.clear()
+
+    def release(self, delay: float = 0.0) -> None:
+        """Close the reactor after `delay` seconds (those still open then are aborted): after
+        close(), once the connections had LINGER seconds to end."""
+        reactor, self.reactor = self.reactor, None
+        if reactor is not None:
+            if delay > 0:
+                reactor.loop.call_later(delay, reactor.close)
+            else:
+                reactor.close()
+
+    def release_later(self) -> None:
+        """release() once the connections closed now had their LINGER seconds."""
+        self.release(LINGER + 0.5)
 
     def flush(self) -> None:
         if self.flusher is not None:
