@@ -401,6 +401,9 @@ cdef class Stream:
             self.wbuf = None
             self.wpos = 0
             if self.flags & F_CLOSING:
+                if self.flags & F_WPAUSED:     # paired with pause_writing, as asyncio does
+                    self.flags &= ~F_WPAUSED
+                    self._call("resume_writing")
                 self._finish(None)
                 return 0
             self._interest()
