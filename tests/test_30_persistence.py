@@ -301,6 +301,69 @@ def test_clean_sessions_and_qos0_write_nothing(data_dir):
         bt.stop()
 
 
+def test_delivery_acknowledged_in_its_grace_period_writes_nothing(data_dir):
+    """A QoS 1 delivery to a connected persistent subscriber that acknowledges it within the
+    grace period (here 20 ms: after the 2 ms cut, before GRACE) is never written; the
+    publisher's PUBACK waits for the subscriber's, not for a commit."""
+    from cymqtt.store.journal import COMMIT_DELAY, GRACE
+    assert COMMIT_DELAY < 0.02 < GRACE
+    bt = BrokerThread(data_dir=data_dir, port=0)
+    try:
+        sub = Peer(bt.port, "graced")
+        sub.subscribe("g/#", 1)
+        time.sleep(0.2)                                 # its session and subscription, written
+        before = bt.call(bt.broker.stats)["store_rows_written"]
+        pub = Peer(bt.port, "g-pub", clean=True)
+        for i in range(20):
+            pub.send_packet(Publish("g/t", b"m%d" % i, qos=1, packet_id=i + 1))
+            got = sub.recv_packet()
+            assert isinstance(got, Publish) and got.payload == b"m%d" % i
+            time.sleep(0.02)
+            with pytest.raises((TimeoutError, socket.timeout)):
+                pub.recv_packet(0.001)                  # not acknowledged before it is safe
+            sub.send_packet(PubAck(PUBACK, got.packet_id))
+            ack = pub.recv_packet()
+            assert (ack.type, ack.packet_id) == (PUBACK, i + 1)
+        time.sleep(0.2)
+        stats = bt.call(bt.broker.stats)
+        assert stats["store_rows_written"] == before
+        assert stats["store_in_grace"] == 0
+    finally:
+        bt.stop()
+
+
+def test_delivery_unacknowledged_past_its_grace_period_is_written_first(data_dir):
+    """A subscriber that does not acknowledge: the delivery is written once its grace period
+    is over, and only then is the publisher acknowledged; a kill -9 right after that PUBACK
+    loses nothing (the message comes again, DUP, under its packet id)."""
+    port = free_port()
+    args = ("-p", str(port), "--data-dir", data_dir, "--log-level", "warning")
+    cli = Cli("asyncio", *args, logs_to_stderr=False)
+    try:
+        wait_listening(port)
+        sub = Peer(port, "mute")
+        sub.subscribe("u/#", 1)
+        pub = Peer(port, "u-pub", clean=True)
+        pub.send_packet(Publish("u/t", b"keep me", qos=1, packet_id=9))
+        sent = sub.recv_packet()
+        assert isinstance(sent, Publish) and sent.payload == b"keep me"
+        ack = pub.recv_packet(5.0)                      # never acknowledged by sub
+        assert (ack.type, ack.packet_id) == (PUBACK, 9)
+        cli.proc.send_signal(signal.SIGKILL)
+        cli.proc.wait(5)
+    finally:
+        cli.kill()
+    cli = Cli("asyncio", *args, logs_to_stderr=False)
+    try:
+        wait_listening(port)
+        sub = Peer(port, "mute")
+        assert sub.session_present
+        again = sub.recv_packet(5.0)
+        assert (again.payload, again.packet_id, again.dup) == (b"keep me", sent.packet_id, True)
+    finally:
+        cli.kill()
+
+
 def test_embedded_broker_persists_only_when_asked(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     bt = BrokerThread(port=0)

@@ -642,7 +642,8 @@ class Broker:
             f"store {self._journal.store.name}: {st['store_commits']} commits, "
             f"{st['store_rows_written']} rows written, {st['store_acks_held']} "
             f"acknowledgements held ({st['store_delivered_before_commit']} deliveries "
-            f"acknowledged before a commit), {st['store_failures']} failed commits, "
+            f"acknowledged before a commit, {st['store_in_grace']} in their grace period), "
+            f"{st['store_failures']} failed commits, "
             f"{st['store_bytes']} bytes"])
 
     # -- the sweep -----------------------------------------------------------------------------

@@ -8,6 +8,15 @@ The durability rule (DESIGN rule 8): an acknowledgement that promises a message 
 packet changed is committed; `ack()` holds them with the batch they wait for, in order per
 client. Only persistent sessions (expiry > 0) are followed, and only their QoS 1/2
 deliveries, so messages that reach clean sessions or QoS 0 never touch the disk.
+
+A grace period before the cut: a QoS 1 delivery sent at once to a persistent session's
+connected client (the PUBACK of the PUBLISH that caused it held for it) is kept out of the
+batches for up to GRACE seconds. When its subscriber acknowledges it within that time, which
+is the rule under load, the message has been delivered, nothing it promised needs the disk,
+and its publisher's PUBACK goes out at once: the entry and its body are never written (they
+would have cost four row changes: both inserted, then both deleted). Only a delivery still
+unacknowledged after GRACE is written, and its PUBACK waits for that commit as before, so
+what is acknowledged is never less safe; it can wait GRACE longer.
 """
 from __future__ import annotations
 
@@ -38,6 +47,7 @@ __all__ = ["DurableRetained", "Journal"]
 log = logging.getLogger("cymqtt.store")
 
 COMMIT_DELAY = 0.002        # seconds a batch gathers before it is cut (and after a commit)
+GRACE = 0.05                # seconds a delivery in flight may be acknowledged before it is written
 COMPACT_INTERVAL = 60.0     # seconds between compactions (on the writer thread)
 RETRY_INTERVAL = 1.0        # seconds between attempts while commits fail (full disk)
 HEARTBEAT = 2.0             # the store learns the broker is alive at least this often
@@ -56,7 +66,7 @@ class _Held:
     when the batch it went out with commits), or, for a PUBACK/PUBREC whose message wrote only
     queue entries, once each of those (`left`) was acknowledged by its subscriber first."""
 
-    __slots__ = ("client", "frame", "left", "commit", "done")
+    __slots__ = ("client", "frame", "left", "commit", "done", "young")
 
     def __init__(self, client: Any, frame: bytes, left: int, commit: bool) -> None:
         self.client = client
@@ -64,6 +74,7 @@ class _Held:
         self.left = left
         self.commit = commit
         self.done = False
+        self.young = 0          # of its entries, those still in their grace period
 
 
 class DurableRetained(MemoryRetainStore):
@@ -111,6 +122,15 @@ class Journal(RegistryListener):
         self._cut_seq = 0
         self._cut_mid = 1
         self._durable_mid = 1
+        # Deliveries in their grace period (see the module's doc): entry key -> row, the keys
+        # in the order they were made, the bodies only they refer to, and (time, last entry
+        # key then) marks that tell how old an entry is.
+        self._young: dict[int, tuple] = {}
+        self._order: deque[int] = deque()
+        self._young_msgs: dict[int, Message] = {}
+        self._marks: deque[tuple[float, int]] = deque()
+        self._grace = GRACE
+        self._aging: asyncio.TimerHandle | None = None
         self._refs: dict[int, int] = {}            # message id -> rows referring to it
         self._rows: dict[str, dict[int, tuple]] = {}   # client id -> entry key -> row
         self._wills: dict[str, int] = {}           # client id -> its session row's will
@@ -153,8 +173,12 @@ class Journal(RegistryListener):
         """Commit what is left, wait for it, and close the store."""
         loop = self._loop
         if loop is not None:
+            self._grace = 0.0        # what is in its grace period goes with the next cut
+            if self._aging is not None:
+                self._aging.cancel()
+                self._aging = None
             for _ in range(3):       # what is in flight, then what came meanwhile, then a retry
-                if self._committing is None and not self.batch:
+                if self._committing is None and not self.batch and not self._young:
                     break
                 if self._committing is None:
                     self._flush()
@@ -300,7 +324,9 @@ class Journal(RegistryListener):
         if not qos:
             return                       # QoS 0 promises nothing across a restart
         msg = item[0]
-        mid = self._ref(msg)
+        # Sent now to a client, for a PUBLISH whose PUBACK is held: it gets its grace period.
+        young = pid > 0 and qos == 1 and self.collecting
+        mid = self._ref(msg, young)
         sub_ids = item[2]
         shared = item[3]
         if pid == -1 and qos == 2:
@@ -315,7 +341,20 @@ class Journal(RegistryListener):
                None if shared is None else marshal.dumps(shared),
                pid if pid > 0 else 0, (AWAIT_PUBACK if qos == 1 else AWAIT_PUBREC)
                if pid > 0 else 0)
-        self._put_entry(row)
+        if not young:
+            self._put_entry(row)
+            return
+        seq = row[1]
+        self._rows[row[0]][seq] = row
+        self._young[seq] = row
+        self._order.append(seq)
+        self.ops += 1
+        now = time.monotonic()
+        marks = self._marks
+        if not marks or now - marks[-1][0] >= self._grace / 8:
+            marks.append((now, seq))
+        if self._aging is None:
+            self._age_later()
 
     def sent(self, session: Session, item: tuple, pid: int) -> None:
         row = self._rows[session.client_id].get(item[4])
@@ -337,7 +376,8 @@ class Journal(RegistryListener):
             return
         seq = row[1]
         held = self._promised.pop(seq, None)
-        if held is not None and seq > self._cut_seq:
+        young = seq in self._young
+        if held is not None and (young or seq > self._cut_seq):
             if not delivered:
                 held.commit = True
             else:
@@ -346,22 +386,94 @@ class Journal(RegistryListener):
                 if not held.left and not held.commit:
                     held.done = True          # delivered before any commit needed it
                     self._release(held.client)
+            if young:
+                self._grown(held)
         self._drop_entry(row)
-        self._changed()
+        if not young:
+            self._changed()
 
     def _put_entry(self, row: tuple) -> None:
-        self._rows[row[0]][row[1]] = row
-        self.batch.entries[row[1]] = row
+        seq = row[1]
+        self._rows[row[0]][seq] = row
+        if seq in self._young:
+            self._young[seq] = row            # (sent again: still in its grace period)
+            return
+        self.batch.entries[seq] = row
         self._changed()
 
     def _drop_entry(self, row: tuple) -> None:
-        # An entry made since the last cut is in no commit yet: forget it, nothing to delete.
+        # An entry in its grace period, or made since the last cut, is in no commit yet:
+        # forget it, nothing to delete.
         seq = row[1]
-        if seq > self._cut_seq:
+        young = self._young
+        if young and young.pop(seq, None) is not None:
+            if not young:
+                self._order.clear()
+        elif seq > self._cut_seq:
             self.batch.entries.pop(seq, None)
         else:
             self.batch.entries[seq] = None
         self._deref(row[2])
+
+    def _grown(self, held: _Held) -> None:
+        # One of `held`'s entries left its grace period (acknowledged, written or gone): once
+        # none is left there, it waits for the next commit unless it is done.
+        held.young -= 1
+        if not held.young and not held.done:
+            self.batch.acks.append(held)
+            self._schedule()
+
+    def _age(self) -> None:
+        # The cut's first step: entries GRACE old or more still in their grace period go into
+        # the batch, with the bodies they need; the acknowledgements waiting for them follow.
+        young = self._young
+        if not young:
+            return
+        now = time.monotonic()
+        marks = self._marks
+        marks.append((now, self.seq))
+        limit = now - self._grace
+        old = 0
+        while marks and marks[0][0] <= limit:
+            old = marks.popleft()[1]
+        if not old:
+            return
+        order = self._order
+        batch = self.batch
+        bodies = self._young_msgs
+        promised = self._promised
+        while order and order[0] <= old:
+            row = young.pop(order.popleft(), None)
+            if row is None:
+                continue                      # acknowledged meanwhile
+            seq = row[1]
+            batch.entries[seq] = row
+            body = bodies.pop(row[2], None)
+            if body is not None:
+                batch.messages[row[2]] = body
+            held = promised.get(seq)
+            if held is not None:
+                self._grown(held)
+        if not young:
+            order.clear()
+
+    def _age_later(self) -> None:
+        # Come back when the oldest entry in its grace period has had it.
+        if self._aging is not None or not self._young or self._loop is None:
+            return
+        order, young = self._order, self._young
+        while order[0] not in young:
+            order.popleft()
+        first = order[0]
+        born = next((t for t, seq in self._marks if seq >= first), None)
+        delay = self._grace if born is None else born + self._grace - time.monotonic()
+        self._aging = self._loop.call_later(max(delay, COMMIT_DELAY), self._aged)
+
+    def _aged(self) -> None:
+        self._aging = None
+        if self._committing is None and not self._scheduled:
+            self._flush()
+        # (else the flush under way or due ages them, and comes back here)
 
     # -- inbound QoS 2 (protocol.publish) ----------------------------------------------------
 
@@ -440,6 +552,8 @@ class Journal(RegistryListener):
             held = self._promised.pop(row[1], None)
             if held is not None:
                 held.commit = True            # the session went: its batch's commit decides
+                if row[1] in self._young:
+                    self._grown(held)
             self._drop_entry(row)
         will = self._wills.pop(cid, None)
         if will is not None:
@@ -449,18 +563,26 @@ class Journal(RegistryListener):
 
     # -- message bodies ------------------------------------------------------------------------
 
-    def _ref(self, msg: Message) -> int:
-        # One more row refers to `msg`: write its body the first time.
+    def _ref(self, msg: Message, young: bool = False) -> int:
+        # One more row refers to `msg`: write its body the first time (unless only entries
+        # in their grace period refer to it).
         mid = msg.sid
         refs = self._refs
         if mid and mid in refs:
             refs[mid] += 1
+            if not young and self._young_msgs:
+                body = self._young_msgs.pop(mid, None)
+                if body is not None:
+                    self.batch.messages[mid] = body
             return mid
         if not mid:
             mid = msg.sid = self._next_mid
             self._next_mid += 1
         refs[mid] = 1
-        self.batch.messages[mid] = msg          # its row is made at the cut, if still needed
+        if young:
+            self._young_msgs[mid] = msg
+        else:
+            self.batch.messages[mid] = msg      # its row is made at the cut, if still needed
         return mid
 
     def _hold(self, mid: int) -> int:
@@ -475,7 +597,9 @@ class Journal(RegistryListener):
             refs[mid] = n
         else:
             refs.pop(mid, None)
-            if mid >= self._cut_mid:          # written since the last cut: in no commit yet
+            if self._young_msgs and self._young_msgs.pop(mid, None) is not None:
+                pass                          # only ever referred to in a grace period
+            elif mid >= self._cut_mid:        # written since the last cut: in no commit yet
                 self.batch.messages.pop(mid, None)
             else:
                 self.batch.messages[mid] = None
@@ -501,16 +625,20 @@ class Journal(RegistryListener):
             held.done = True          # it waits only for the client's earlier ones
         elif n:
             promised = self._promised
+            young = self._young
             for seq in entries:
                 promised[seq] = held
+                if seq in young:
+                    held.young += 1
         queue = self._held.get(client)
         if queue is None:
             queue = self._held[client] = deque()
         queue.append(held)
         if not held.done:
-            self.batch.acks.append(held)
             self.acks_held += 1
-            self._schedule()
+            if not held.young:        # (else once its entries leave their grace period)
+                self.batch.acks.append(held)
+                self._schedule()
 
     def _release(self, client: Any) -> None:
         # Send the client's acknowledgements that are due, in order.
@@ -548,8 +676,12 @@ class Journal(RegistryListener):
 
     def _flush(self) -> None:
         self._scheduled = False
+        if self._committing is not None or self._loop is None:
+            return
+        self._age()
         batch = self.batch
-        if not batch or self._committing is not None or self._loop is None:
+        if not batch:
+            self._age_later()
             return
         self.batch = Batch()
         batch.seq = self._cut_seq = self.seq
@@ -618,8 +750,10 @@ class Journal(RegistryListener):
             # delivery acknowledged meanwhile is dropped from the batch, never written).
             self._scheduled = True
             self._loop.call_later(COMMIT_DELAY, self._flush)
-        elif self._idle is not None:
-            self._idle.set()
+        else:
+            self._age_later()
+            if self._idle is not None:
+                self._idle.set()
 
     def _failed(self, batch: Batch, exc: BaseException) -> None:
         # Keep every change (the newer ones on top) and try again shortly; meanwhile
@@ -653,5 +787,6 @@ class Journal(RegistryListener):
         return {"store_commits": self.commits, "store_rows_written": self.rows_written,
                 "store_acks_held": self.acks_held,
                 "store_delivered_before_commit": self.delivered_first,
+                "store_in_grace": len(self._young),
                 "store_failures": self.failures,
                 "store_bytes": self.store.size()}
