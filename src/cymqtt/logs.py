@@ -13,6 +13,7 @@ import logging
 import logging.handlers
 import os
 import sys
+import time
 
 __all__ = ["FORMAT", "make_handler", "set_level", "setup"]
 
@@ -20,6 +21,28 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 SYSLOG_SOCKET = "/dev/log"
 
 _installed: logging.Handler | None = None
+
+
+class _Formatter(logging.Formatter):
+    """logging.Formatter with the same output, formatting the date and time of a second once:
+    the broker logs a line per connect and disconnect by default (`connection_messages`), and
+    localtime() + strftime() were most of a line's cost."""
+
+    def __init__(self, fmt: str | None = None) -> None:
+        super().__init__(fmt)
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            # The stamp of a whole second, as Formatter.formatTime makes it (default_time_format,
+            # in self.converter's time zone); the milliseconds go on per record below.
+            self._stamp = time.strftime(self.default_time_format, self.converter(second))
+            self._second = second
+        return self.default_msec_format % (self._stamp, record.msecs)
 
 
 def make_handler(dest: str) -> logging.Handler:
@@ -35,8 +58,8 @@ def make_handler(dest: str) -> logging.Handler:
             handler: logging.Handler = logging.handlers.SysLogHandler(address=SYSLOG_SOCKET)
         else:   # no local syslog daemon socket: the syslog port on this machine
             handler = logging.handlers.SysLogHandler()
-        handler.setFormatter(logging.Formatter("cymqtt[%(process)d]: %(levelname)s "
-                                               "%(name)s: %(message)s"))
+        handler.setFormatter(_Formatter("cymqtt[%(process)d]: %(levelname)s "
+                                        "%(name)s: %(message)s"))
         return handler
     return logging.StreamHandler(sys.stderr)
 
@@ -47,7 +70,13 @@ def setup(log_level: str, log_dest: str = "stderr") -> None:
     global _installed
     handler = make_handler(log_dest)
     if handler.formatter is None:
-        handler.setFormatter(logging.Formatter(FORMAT))
+        handler.setFormatter(_Formatter(FORMAT))
+    # No format of ours names the caller's file, line or function, a thread or a
+    # multiprocessing process name: do not look them up for every record (the logging
+    # HOWTO's "Optimization"; findCaller walks the stack). The process id stays (syslog's).
+    logging._srcfile = None         # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     if _installed is not None:
         root.removeHandler(_installed)
