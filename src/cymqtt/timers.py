@@ -48,13 +48,13 @@ def check(now: float, clients: Iterable[ClientProtocol], registry: Registry,
     clients' deadlines, then expired sessions, then due wills."""
     actions: list[tuple[int, object]] = []
     retry = limits.retry_interval
+    # Every connection, every sweep: the common state (connected) is tested first. A client
+    # is in one state only, so the order of the tests changes no action.
     for c in clients:
         state = c.state
-        if state == CONN_NEW or state == CONN_AUTH:
-            if now - c.created > limits.connect_timeout:
-                actions.append((CONNECT_TIMEOUT, c))
-        elif state == CONN_ACTIVE:
-            if c.keepalive and now - c.last_rx > 1.5 * c.keepalive:
+        if state == CONN_ACTIVE:
+            keepalive = c.keepalive
+            if keepalive and now - c.last_rx > 1.5 * keepalive:
                 actions.append((KEEPALIVE_EXPIRED, c))
             elif not c.writable:
                 if now - c.paused_since > limits.write_timeout:
@@ -64,6 +64,9 @@ def check(now: float, clients: Iterable[ClientProtocol], registry: Registry,
                 if session is not None and session.window is not None and \
                         session.window.inflight_count:
                     actions.append((RETRY_DUE, c))
+        elif state == CONN_NEW or state == CONN_AUTH:
+            if now - c.created > limits.connect_timeout:
+                actions.append((CONNECT_TIMEOUT, c))
     if registry.offline:
         actions.extend((SESSION_EXPIRED, s) for s in registry.expired(now))
     if registry.pending_wills:
