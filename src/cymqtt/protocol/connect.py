@@ -40,6 +40,10 @@ _MOSQ_PROTOCOL = {3: 1, 4: 2, 5: 5}     # protocol level -> mosquitto's "p" numb
 
 log = logging.getLogger("cymqtt.protocol")
 
+# An MQTT 3.x CONNACK that accepts is one of two frames (session present or not): encoded
+# once here rather than for every CONNECT (a ConnAck object and an encode call each).
+_CONNACK_3 = (encode(ConnAck(False, RC_SUCCESS), 4), encode(ConnAck(True, RC_SUCCESS), 4))
+
 
 class EnhancedAuth:
     """A connection's MQTT 5 enhanced authentication (ClientProtocol.auth; None for the many
@@ -245,7 +249,9 @@ def _complete_connect(proto: ClientProtocol, pkt, assigned: str | None,
                 "{client_id}", client_id)
         if auth_props:
             ack_props.update(auth_props)
-    proto.send(encode(ConnAck(session_present, RC_SUCCESS, ack_props), version))
+        proto.send(encode(ConnAck(session_present, RC_SUCCESS, ack_props), 5))
+    else:
+        proto.send(_CONNACK_3[1 if session_present else 0])
     proto.state = CONN_ACTIVE
     ctx.metrics.clients_total += 1
     if config.connection_messages and CONN_LOG.isEnabledFor(logging.INFO):
