@@ -215,7 +215,7 @@ def _name_worker_log(index: int) -> None:
     fmt = logs.FORMAT.replace("%(levelname)s ", f"%(levelname)s worker-{index} ")
     for handler in logging.getLogger().handlers:
         if not isinstance(handler, logging.handlers.SysLogHandler):
-            handler.setFormatter(logging.Formatter(fmt))
+            handler.setFormatter(logs.LineFormatter(fmt))
 
 
 def _raise_fd_limit() -> None:

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-__all__ = ["FORMAT", "make_handler", "set_level", "setup"]
+__all__ = ["FORMAT", "LineFormatter", "make_handler", "set_level", "setup"]
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 SYSLOG_SOCKET = "/dev/log"
@@ -23,7 +23,7 @@ SYSLOG_SOCKET = "/dev/log"
 _installed: logging.Handler | None = None
 
 
-class _Formatter(logging.Formatter):
+class LineFormatter(logging.Formatter):
     """logging.Formatter with the same output, formatting the date and time of a second once:
     the broker logs a line per connect and disconnect by default (`connection_messages`), and
     localtime() + strftime() were most of a line's cost."""
@@ -32,6 +32,10 @@ class _Formatter(logging.Formatter):
         super().__init__(fmt)
         self._second = -1
         self._stamp = ""
+        self._uses_time = super().usesTime()
+
+    def usesTime(self) -> bool:           # (asked for every record; the format never changes)
+        return self._uses_time
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:
@@ -58,7 +62,7 @@ def make_handler(dest: str) -> logging.Handler:
             handler: logging.Handler = logging.handlers.SysLogHandler(address=SYSLOG_SOCKET)
         else:   # no local syslog daemon socket: the syslog port on this machine
             handler = logging.handlers.SysLogHandler()
-        handler.setFormatter(_Formatter("cymqtt[%(process)d]: %(levelname)s "
+        handler.setFormatter(LineFormatter("cymqtt[%(process)d]: %(levelname)s "
                                         "%(name)s: %(message)s"))
         return handler
     return logging.StreamHandler(sys.stderr)
@@ -70,13 +74,15 @@ def setup(log_level: str, log_dest: str = "stderr") -> None:
     global _installed
     handler = make_handler(log_dest)
     if handler.formatter is None:
-        handler.setFormatter(_Formatter(FORMAT))
+        handler.setFormatter(LineFormatter(FORMAT))
     # No format of ours names the caller's file, line or function, a thread or a
     # multiprocessing process name: do not look them up for every record (the logging
-    # HOWTO's "Optimization"; findCaller walks the stack). The process id stays (syslog's).
+    # HOWTO's "Optimization"; findCaller walks the stack). The process id only where the
+    # format shows it (syslog's).
     logging._srcfile = None         # type: ignore[attr-defined]
     logging.logThreads = False
     logging.logMultiprocessing = False
+    logging.logProcesses = "%(process)" in (getattr(handler.formatter, "_fmt", None) or "")
     root = logging.getLogger()
     if _installed is not None:
         root.removeHandler(_installed)
