@@ -432,6 +432,34 @@ def test_a_restarted_node_drops_sessions_that_moved_on(cluster, clients):
     assert again.session_present is True            # a's, handed over
 
 
+def test_a_restarted_node_hands_over_what_it_still_had_for_a_moved_session(cluster, clients):
+    """Messages queued for a persistent session on a node that then went down (acknowledged
+    to their publisher, so in its store) reach the client where it came back: the restarted
+    node hands them to the node that holds the session now, after what came since."""
+    from cymqtt.store import MemoryStore
+    store = MemoryStore()
+    a = cluster("a")
+    b = cluster("b", store=store)
+    dev = clients(b.port, "dev", session_expiry=600, clean=False)
+    dev.subscribe("d/#", 1)
+    dev.close()
+    pub = clients(b.port, "pub-b")
+    for i in range(3):
+        pub.publish("d/x", f"queued {i}", qos=1)       # queued for dev on b, committed
+    pub.close()
+    b.stop()
+    wait_until(lambda: _stats(a)["cluster_nodes"] == 1)
+    back = clients(a.port, "dev", session_expiry=600, clean=False)
+    assert back.session_present is True               # from the sessions bucket
+    clients(a.port, "pub-a").publish("d/x", b"since", qos=1)
+    assert back.wait_messages(1)[0].payload == b"since"
+    b2 = cluster("b", store=store)                  # restores dev with its 3, finds it on a
+    got = back.wait_messages(4)
+    assert [m.payload for m in got] == [b"since", b"queued 0", b"queued 1", b"queued 2"]
+    assert b2.call(lambda: b2.broker.session("dev")) is None
+    assert _stats(a)["cluster_late_messages"] == 3
+
+
 def test_the_rest_api_lists_and_acts_on_every_node(cluster, clients):
     import json
     import urllib.request

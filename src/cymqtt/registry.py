@@ -228,23 +228,49 @@ class Registry:
         for sub in session.subscriptions.values():
             self._router.subscribe(sub)
             self._events.subscribed(session, sub)
-        j = session.journal
+        self.restore_window(session, items)
+
+    def restore_window(self, session: Session, items: list) -> None:
+        """Put `items` ((msg, retain, sub_ids, shared, qos, pid, state), in flight first) back
+        in `session`'s window as they were, under their packet ids."""
         last = 0
         for msg, retain, sub_ids, shared, qos, pid, state in items:
-            key = 0
-            if j is not None:
-                j.seq += 1
-                key = j.seq
-            item = (msg, retain, sub_ids, shared, key)
-            got = session.put_back(item, qos, pid, state)
+            got = self._put(session, (msg, retain, sub_ids, shared), qos, pid, state)
             if pid:
                 last = max(last, pid)
-            if j is not None and got >= -1:
-                j.queued(session, item, qos, got)
-                if got > 0 and state:
-                    j.released(session, item, got)
         if last:
             session.window.last_pid = last
+
+    def append_late(self, session: Session, items: list, now: float) -> int:
+        """Messages `session` was due on a node that was down while its client came here:
+        queued after what it has (those another node had sent get a packet id here; one
+        its client already received at QoS 2, awaiting PUBCOMP there, is not sent again).
+        Returns how many were queued."""
+        n = 0
+        for msg, retain, sub_ids, shared, qos, _pid, state in items:
+            if state:
+                continue
+            if self._put(session, (msg, retain, sub_ids, shared), qos, 0, 0) >= -1:
+                n += 1
+        if n and session.client is not None:
+            session.release(now)
+        return n
+
+    @staticmethod
+    def _put(session: Session, fields: tuple, qos: int, pid: int, state: int) -> int:
+        # One message into the window (Session.put_back), followed by the store's journal.
+        j = session.journal
+        key = 0
+        if j is not None:
+            j.seq += 1
+            key = j.seq
+        item = fields + (key,)
+        got = session.put_back(item, qos, pid, state)
+        if j is not None and got >= -1:
+            j.queued(session, item, qos, got)
+            if got > 0 and state:
+                j.released(session, item, got)
+        return got
 
     def detach(self, session: Session, now: float) -> None:
         """Its connection is gone: publish or delay the will, then end the session or keep it

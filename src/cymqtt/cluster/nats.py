@@ -151,7 +151,7 @@ class NatsBus(Bus):
                          "cluster_too_big": 0, "cluster_claims": 0, "cluster_handovers_in": 0,
                          "cluster_handovers_out": 0, "cluster_sessions_recovered": 0,
                          "cluster_held_back": 0, "cluster_dropped_slow": 0,
-                         "cluster_flow_held": 0}
+                         "cluster_flow_held": 0, "cluster_late_messages": 0}
 
     # -- joining and leaving -------------------------------------------------------------------
 
@@ -193,6 +193,7 @@ class NatsBus(Bus):
         await nc.subscribe(f"{self._ctl}.probe", cb=self._on_probe)
         await nc.subscribe(f"{self._ctl}.ask", cb=self._on_ask)
         await nc.subscribe(f"{self._ctl}.progress.{self.node}", cb=self._on_progress)
+        await nc.subscribe(f"{self._ctl}.late.{self.node}", cb=self._on_late)
         self._tasks.append(asyncio.create_task(self._beat(), name="cymqtt-cluster-heartbeat"))
         # Meet the others: they answer a heartbeat from a node they do not know with theirs,
         # and we ask each one we hear of for its routes.
@@ -840,24 +841,57 @@ class NatsBus(Bus):
 
     async def _drop_stale_sessions(self) -> None:
         # Sessions this node's store kept while it was down: a client that came back in the
-        # meantime got a session on another node, and that one is the client's now.
+        # meantime got a session on another node, and that one is the client's now. What
+        # this node still had for it (queued, or sent and not acknowledged: acknowledged to
+        # its publishers, so not to be lost) goes to that node, after what came since.
         registry = self._ctx.registry
         ids = list(registry.sessions)
         if not ids or not self._peers:
             return
         replies = await self._request(f"{self._ctl}.probe", marshal.dumps((self.node, ids)),
                                       set(self._peers), self._cfg.claim_timeout)
-        held = {cid for r in replies if isinstance(r, tuple) for cid in r[1]}
+        held = {cid: r[0] for r in replies if isinstance(r, tuple) for cid in r[1]}
         now = self._ctx.clock()
-        for cid in held:
+        for cid, node in held.items():
             session = registry.get(cid)
-            if session is not None and session.client is None:
-                registry.pending_wills.pop(cid, None)      # its client is alive, elsewhere
-                registry.end(session, now)
+            if session is None or session.client is not None:
+                continue
+            w = session.window
+            n = 0 if w is None else w.inflight_count + w.queued_count
+            if n:
+                data = pack_session(session, now)          # (takes the window out)
+                try:
+                    m = await self._ctl_nc.request(f"{self._ctl}.late.{node}", data,
+                                                   timeout=self._cfg.claim_timeout)
+                    taken = m.data == b"1"
+                except (NatsError, asyncio.TimeoutError):
+                    taken = False
+                if not taken:
+                    log.warning("client %s: node %s, which holds its session now, did not "
+                                "take the %d messages this node still had for it; dropped",
+                                cid, node, n)
+            registry.pending_wills.pop(cid, None)      # its client is alive, elsewhere
+            registry.end(session, now)
         if held:
             log.info("cluster: %d sessions from the store are held by other nodes now (their "
-                     "clients came back while this node was down): theirs are kept",
-                     len(held))
+                     "clients came back while this node was down): theirs are kept, with "
+                     "what this node still had for them", len(held))
+
+    async def _on_late(self, m) -> None:
+        # A node that was down hands over what it still had for a session that is ours now.
+        try:
+            session, items = unpack_session(m.data, self._ctx.config, self._ctx.clock())
+        except (EOFError, ValueError, TypeError):
+            self.counters["cluster_bad_messages"] += 1
+            return
+        ours = self._ctx.registry.get(session.client_id)
+        if ours is not None:
+            n = self._ctx.registry.append_late(ours, items, self._ctx.clock())
+            self.counters["cluster_late_messages"] += n
+            log.info("client %s: %d messages it was due on a node that was down came from "
+                     "there", session.client_id, n)
+        if m.reply:
+            await self._ctl_nc.publish(m.reply, b"1" if ours is not None else b"0")
 
     async def _on_probe(self, m) -> None:
         try:
