@@ -235,7 +235,7 @@ class Registry:
         in `session`'s window as they were, under their packet ids."""
         last = 0
         for msg, retain, sub_ids, shared, qos, pid, state in items:
-            got = self._put(session, (msg, retain, sub_ids, shared), qos, pid, state)
+            self._put(session, (msg, retain, sub_ids, shared), qos, pid, state)
             if pid:
                 last = max(last, pid)
         if last:
