@@ -147,6 +147,8 @@ def test_sighup_reloads_what_it_can_without_dropping_clients(cli, tmp_path):
     pid_file = tmp_path / "cymqtt.pid"
     conf.write_text(f'port = 0\nsys_interval = 0\npid_file = "{pid_file}"\n')
     b = cli("-c", str(conf))
+    b.wait_for("event loop: ")        # (the pid file is written before that line, after
+                                      # the listeners are bound and say so)
     assert pid_file.read_text().strip() == str(b.proc.pid)
     first = PahoClient(b.port, "before-reload", V5)
     try:

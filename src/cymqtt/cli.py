@@ -130,7 +130,6 @@ async def _serve(config: Config, loop_name: str, args: argparse.Namespace) -> No
         ready_fd, lifeline_fd = (int(fd) for fd in args.worker_fds.split(","))
         watch_lifeline(loop, lifeline_fd, stop.set)
     await broker.start()
-    _tune_gc()
     if ready_fd is not None:
         os.write(ready_fd, b"1")
         os.close(ready_fd)
@@ -140,6 +139,7 @@ async def _serve(config: Config, loop_name: str, args: argparse.Namespace) -> No
             _write_pid_file(pid_file)
         log.info("event loop: %s; Ctrl-C or SIGTERM stops the broker, SIGHUP reloads %s, "
                  "SIGUSR1 logs its state", loop_name, args.config or "(no config file)")
+        _tune_gc()
         await stop.wait()
     finally:
         log.info("stopping")
