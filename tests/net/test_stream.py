@@ -705,6 +705,30 @@ def test_get_extra_info(net):
     net.run(main())
 
 
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
+def test_get_extra_info_ipv6_and_unix_sockets_as_the_socket_module_gives_them(net):
+    async def main():
+        r = net.reactor()
+        try:
+            listener = socket.socket(socket.AF_INET6)
+            listener.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no ::1 here")
+        with listener:
+            listener.listen(1)
+            c = socket.create_connection(listener.getsockname()[:2], timeout=10)
+            net.clients.append(c)
+            conn, _ = listener.accept()
+            s = r.attach(conn.detach(), Proto())
+            assert s.get_extra_info("peername") == c.getsockname()    # 4-tuples
+            assert s.get_extra_info("sockname") == c.getpeername()
+        a, b = socket.socketpair()                                    # AF_UNIX: the fallback
+        net.clients.append(a)
+        s = r.attach(b.detach(), Proto())
+        assert s.get_extra_info("peername") == a.getsockname()
+    net.run(main())
+
+
 def test_set_protocol_sends_later_callbacks_to_the_new_protocol(net):
     async def main():
         r = net.reactor()

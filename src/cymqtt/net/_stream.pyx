@@ -48,6 +48,7 @@ cdef extern from *:
     #include <sys/socket.h>
     #include <netinet/in.h>
     #include <netinet/tcp.h>
+    #include <arpa/inet.h>
     #include <fcntl.h>
     #include <unistd.h>
     #include <errno.h>
@@ -85,6 +86,32 @@ cdef extern from *:
     }
     static int cym_shutdown_wr(int fd) { return shutdown(fd, SHUT_WR); }
     static int cym_close(int fd) { return close(fd); }
+    /* The peer's (peer != 0) or our own address as the socket module gives it: 4 for IPv4
+       (host, port), 6 for IPv6 (host, port, flowinfo, scope_id), 0 for another family,
+       -1 on an error. */
+    static int cym_name(int fd, int peer, char *host, size_t hostlen, int *port,
+                        unsigned int *flowinfo, unsigned int *scope_id) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        int r = peer ? getpeername(fd, (struct sockaddr *)&ss, &len)
+                     : getsockname(fd, (struct sockaddr *)&ss, &len);
+        if (r < 0) return -1;
+        if (ss.ss_family == AF_INET) {
+            struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+            if (!inet_ntop(AF_INET, &a->sin_addr, host, hostlen)) return -1;
+            *port = ntohs(a->sin_port);
+            return 4;
+        }
+        if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+            if (!inet_ntop(AF_INET6, &a->sin6_addr, host, hostlen)) return -1;
+            *port = ntohs(a->sin6_port);
+            *flowinfo = ntohl(a->sin6_flowinfo);
+            *scope_id = a->sin6_scope_id;
+            return 6;
+        }
+        return 0;
+    }
     #else
     #include <errno.h>
     #define CYM_HAVE_EPOLL 0
@@ -104,6 +131,8 @@ cdef extern from *:
     static int cym_prepare(int fd) { return cym_nosys(); }
     static int cym_shutdown_wr(int fd) { return cym_nosys(); }
     static int cym_close(int fd) { return cym_nosys(); }
+    static int cym_name(int fd, int peer, char *host, size_t hostlen, int *port,
+                        unsigned int *flowinfo, unsigned int *scope_id) { return cym_nosys(); }
     #endif
     """
     int CYM_HAVE_EPOLL
@@ -121,6 +150,8 @@ cdef extern from *:
     int cym_prepare(int fd)
     int cym_shutdown_wr(int fd)
     int cym_close(int fd)
+    int cym_name(int fd, int peer, char *host, size_t hostlen, int *port,
+                 unsigned int *flowinfo, unsigned int *scope_id)
 
 AVAILABLE = bool(CYM_HAVE_EPOLL)
 
@@ -176,9 +207,20 @@ cdef class Stream:
 
     def get_extra_info(self, name, default=None):
         """"peername" and "sockname" as the socket module gives them; else `default`."""
+        cdef char host[64]
+        cdef int port = 0
+        cdef unsigned int flowinfo = 0, scope_id = 0
         if self.fd < 0 or name not in ("peername", "sockname"):
             return default
-        sock = _socket.socket(fileno=self.fd)
+        r = cym_name(self.fd, name == "peername", host, sizeof(host), &port, &flowinfo,
+                     &scope_id)
+        if r == 4:
+            return (host.decode("ascii"), port)
+        if r == 6:
+            return (host.decode("ascii"), port, flowinfo, scope_id)
+        if r < 0:
+            return default
+        sock = _socket.socket(fileno=self.fd)      # another family: as the socket module says
         try:
             return sock.getpeername() if name == "peername" else sock.getsockname()
         except OSError:
