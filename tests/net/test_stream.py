@@ -164,30 +164,19 @@ def test_buffered_write_of_a_bytearray_is_not_changed_by_mutating_it(net):
 
 # --- 2. read_size and fairness -------------------------------------------------------------------
 
-@pytest.mark.parametrize("cls", PROTOS)
-def test_read_size_bounds_each_read(net, cls):
+@pytest.mark.parametrize("read_size, make, limit", [
+    (4096, Proto, 4096), (4096, BProto, 4096), (65536, lambda: BProto(bufsize=1000), 1000)],
+    ids=["data_received", "buffered", "buffered-smaller-than-read_size"])
+def test_each_read_is_bounded_by_read_size_and_the_buffer(net, read_size, make, limit):
     async def main():
-        r = net.reactor(read_size=4096)
-        p = cls()
+        r = net.reactor(read_size=read_size)
+        p = make()
         c, s = net.pair(r, p)
         payload = os.urandom(300_000)
         c.sendall(payload)
         await until(lambda: p.nbytes == len(payload), what="all data")
         assert bytes(p.data) == payload
-        assert max(p.reads) <= 4096
-    net.run(main())
-
-
-def test_buffered_protocol_smaller_buffer_than_read_size_is_respected(net):
-    async def main():
-        r = net.reactor()
-        p = BProto(bufsize=1000)
-        c, s = net.pair(r, p)
-        payload = os.urandom(50_000)
-        c.sendall(payload)
-        await until(lambda: p.nbytes == len(payload), what="all data")
-        assert bytes(p.data) == payload
-        assert max(p.reads) <= 1000
+        assert max(p.reads) <= limit
     net.run(main())
 
 
@@ -729,39 +718,26 @@ def test_get_extra_info_ipv6_and_unix_sockets_as_the_socket_module_gives_them(ne
     net.run(main())
 
 
-def test_set_protocol_sends_later_callbacks_to_the_new_protocol(net):
+@pytest.mark.parametrize("new_cls", [Proto, BProto], ids=["plain", "buffered"])
+def test_set_protocol_sends_later_callbacks_to_the_new_protocol(net, new_cls):
     async def main():
         r = net.reactor()
         p1 = Proto()
         c, s = net.pair(r, p1)
         c.sendall(b"one")
         await until(lambda: bytes(p1.data) == b"one", what="data to p1")
-        p2 = Proto()
+        p2 = new_cls()
         p2.stream = s
         s.set_protocol(p2)
         assert s.get_protocol() is p2
         c.sendall(b"two")
         await until(lambda: bytes(p2.data) == b"two", what="data to p2")
+        if new_cls is BProto:
+            assert p2.data_received_calls == 0      # through get_buffer
         c.shutdown(socket.SHUT_WR)
         await until(lambda: p2.lost, what="connection_lost")
         assert p2.eofs == 1 and p2.lost == [None]
         assert bytes(p1.data) == b"one" and p1.lost == [] and p1.eofs == 0
-    net.run(main())
-
-
-def test_set_protocol_to_a_buffered_protocol_uses_get_buffer(net):
-    async def main():
-        r = net.reactor()
-        p1 = Proto()
-        c, s = net.pair(r, p1)
-        c.sendall(b"one")
-        await until(lambda: bytes(p1.data) == b"one", what="data to p1")
-        p2 = BProto()
-        p2.stream = s
-        s.set_protocol(p2)
-        c.sendall(b"two")
-        await until(lambda: bytes(p2.data) == b"two", what="data to p2 through get_buffer")
-        assert p2.data_received_calls == 0
     net.run(main())
 
 

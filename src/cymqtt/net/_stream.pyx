@@ -49,7 +49,7 @@ cdef extern from *:
     #include <netinet/in.h>
     #include <netinet/tcp.h>
     #include <arpa/inet.h>
-    #include <fcntl.h>
+    #include <sys/ioctl.h>
     #include <unistd.h>
     #include <errno.h>
     #define CYM_HAVE_EPOLL 1
@@ -78,9 +78,10 @@ cdef extern from *:
         return (long long)recv(fd, p, n, MSG_DONTWAIT);
     }
     static int cym_prepare(int fd) {
+        /* ioctl(FIONBIO), not fcntl: glibc 2.28 made fcntl the symbol fcntl64, which a
+           manylinux2014 (glibc 2.17) wheel may not use. */
         int one = 1;
-        int fl = fcntl(fd, F_GETFL);
-        if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return -1;
+        if (ioctl(fd, FIONBIO, &one) < 0) return -1;
         (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);   /* not TCP: ignored */
         return 0;
     }
