@@ -341,12 +341,12 @@ class Journal(RegistryListener):
                None if shared is None else marshal.dumps(shared),
                pid if pid > 0 else 0, (AWAIT_PUBACK if qos == 1 else AWAIT_PUBREC)
                if pid > 0 else 0)
-        if not young:
-            self._put_entry(row)
-            return
         seq = row[1]
-        self._rows[row[0]][seq] = row
-        self._young[seq] = row
+        if young:
+            self._young[seq] = row        # (so _put_entry keeps it out of the batch)
+        self._put_entry(row)
+        if not young:
+            return
         self._order.append(seq)
         self.ops += 1
         now = time.monotonic()
