@@ -838,6 +838,11 @@ class NatsBus(Bus):
             self.counters["cluster_handovers_in"] += 1
             log.info("client %s: session handed over by node %s (%d subscriptions, %d "
                      "messages)", client_id, reply[0], len(session.subscriptions), len(items))
+        # As a SUBACK does: the CONNACK goes once the routes of a session taken on here are
+        # known to every node, so nothing published after it misses the client.
+        settled = self.routes_settled()
+        if settled is not None:
+            await settled
 
     async def _drop_stale_sessions(self) -> None:
         # Sessions this node's store kept while it was down: a client that came back in the
