@@ -549,6 +549,11 @@ def test_inbound_qos2_state_survives_reconnect(broker, raw_client, paho):
     c2.send_packet(PubAck(PUBREL, 9))
     assert (lambda p: (p.name, p.packet_id, p.reason_code))(c2.recv_packet()) == (
         "PUBCOMP", 9, 0)
-    c2.send_packet(Publish("q2r/t", b"marker", qos=0))
+    # The marker is QoS 2 as well: paho hands a QoS 2 message to the application at its
+    # PUBREL, a QoS 0 one at once, so a QoS 0 marker could overtake a slow first delivery.
+    c2.send_packet(Publish("q2r/t", b"marker", qos=2, packet_id=10))
+    assert (lambda p: (p.name, p.packet_id))(c2.recv_packet()) == ("PUBREC", 10)
+    c2.send_packet(PubAck(PUBREL, 10))
+    assert c2.recv_packet().name == "PUBCOMP"
     sub.wait_messages(2)
     assert sub.payloads() == [b"exactly once", b"marker"]
