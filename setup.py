@@ -4,6 +4,12 @@
 Every ``.pyx`` in those folders becomes its own extension module (``cymqtt._fast.<name>``,
 ``cymqtt.bench.<name>``); modules call each other through their ``.pxd``.
 
+The shell's hot modules are compiled too, from their Python source: every ``.py`` under
+src/cymqtt with a ``.pxd`` beside it (message, session, router, context, metrics,
+protocol/client, protocol/publish). The ``.pxd`` makes their classes extension types with C
+fields and their per-message methods ``cpdef``; the ``.py`` stays the source of truth, is shipped,
+and runs unchanged as plain Python where nothing was compiled.
+
 Three build modes (CYMQTT_BUILD=dev|release|debug):
   dev      what ``make build`` compiles in place: -O2, C next to the .pyx
   release  what a wheel ships (the default for ``bdist_wheel``: pip install, python -m build,
@@ -82,17 +88,28 @@ if not sources:
 only = [m for m in os.environ.get("CYMQTT_ONLY", "").split(",") if m]
 if only:
     sources = [s for s in sources if os.path.splitext(os.path.basename(s))[0] in only]
-extensions = [
-    Extension(
-        ".".join(["cymqtt", os.path.basename(os.path.dirname(src)),
-                  os.path.splitext(os.path.basename(src))[0]]),
+# The shell's hot modules, compiled from their Python source: each .py with a .pxd beside it
+# (the .pxd makes its classes extension types with C fields and its hot methods cpdef). They
+# stay plain Python to read, and run as Python where nothing was compiled.
+shell = sorted(os.path.splitext(pxd)[0] + ".py"
+               for pxd in glob.glob(os.path.join("src", "cymqtt", "**", "*.pxd"), recursive=True)
+               if os.path.exists(os.path.splitext(pxd)[0] + ".py"))
+if only:
+    shell = [s for s in shell if os.path.splitext(os.path.basename(s))[0] in only]
+
+
+def _extension(src):
+    return Extension(
+        ".".join(os.path.splitext(os.path.relpath(src, "src"))[0].split(os.sep)),
         [src],
         define_macros=macros,
         extra_compile_args=cflags,
         extra_link_args=link_args,
     )
-    for src in sources
-]
+
+
+extensions = [_extension(src) for src in sources]
+shell_extensions = [_extension(src) for src in shell]
 
 # Release and debug builds keep their generated C and objects in build/<mode>/, so switching
 # modes never reuses a .c or .so cythonized with other directives (cythonize and build_ext only
@@ -103,10 +120,21 @@ if MODE != "dev":
     cython_dir = os.path.join("build", MODE, "cython")
     options = {"build": {"build_base": os.path.join("build", MODE)}}
 
+# Annotations in the shell's modules are for readers and mypy; their C types come from the
+# .pxd files only, so compiling changes no behaviour.
+shell_directives = dict(directives, annotation_typing=False, boundscheck=True,
+                        wraparound=True, cdivision=False)
 setup(
     ext_modules=cythonize(
         extensions,
         compiler_directives=directives,
+        annotate=MODE == "debug",
+        include_path=["src"],
+        build_dir=cython_dir,
+        quiet=True,
+    ) + cythonize(
+        shell_extensions,
+        compiler_directives=shell_directives,
         annotate=MODE == "debug",
         include_path=["src"],
         build_dir=cython_dir,

@@ -79,8 +79,13 @@ def check_names(names: set[str], version: str, pytag: str, windows: bool) -> lis
         errors.append(f"missing {f}")
     # cpython-311-x86_64-linux-gnu.so, cpython-311-darwin.so, cp311-win_amd64.pyd
     ext, abi = (".pyd", pytag) if windows else (".so", "cpython-" + pytag[2:])
-    for pyx in (f for f in project_files("src/cymqtt") if f.endswith(".pyx")):
-        mod = pyx[len("src/"):-len(".pyx")]
+    files = project_files("src/cymqtt")
+    # Every .pyx, and every .py with a .pxd beside it (the shell's compiled modules).
+    compiled = [f for f in files if f.endswith(".pyx")] + [
+        f[:-len(".pxd")] + ".py" for f in files
+        if f.endswith(".pxd") and f[:-len(".pxd")] + ".py" in files]
+    for pyx in compiled:
+        mod = pyx[len("src/"):-len(os.path.splitext(pyx)[1])]
         built = [n for n in names if n.startswith(mod + ".") and n.endswith(ext)]
         if len(built) != 1:
             errors.append(f"missing compiled module {mod}.*{ext} (from {pyx})")

@@ -71,23 +71,30 @@ class Backlog:
         return len(self.messages) - self.pos
 
 
-class Client(Protocol):
-    """What a session needs of the connection attached to it (a `ClientProtocol`)."""
+class Client:
+    """What a session needs of the connection attached to it: the base of `ClientProtocol` and
+    of `MessageStream`. Compiled, a session reads these fields and calls these methods in C."""
 
-    writable: bool          # its socket takes more; False while the transport pushes back
-    paused_since: float     # when it last became unwritable
-    receive_maximum: int    # the client's MQTT 5 receive maximum (65535 when it sent none)
+    __slots__ = ("writable", "paused_since", "receive_maximum")
+
+    def __init__(self) -> None:
+        self.writable = True        # its socket takes more; False while the transport pushes back
+        self.paused_since = 0.0     # when it last became unwritable
+        self.receive_maximum = 65535    # the client's MQTT 5 receive maximum (65535: none sent)
 
     def send_publish(self, msg: Message, qos: int, retain: bool, packet_id: int, dup: bool,
-                     sub_ids: list | None, now: float) -> None: ...
+                     sub_ids: list | None, now: float) -> None:
+        raise NotImplementedError
 
-    def send_pubrel(self, packet_id: int) -> None: ...
+    def send_pubrel(self, packet_id: int) -> None:
+        raise NotImplementedError
 
     def unthrottle(self) -> None:
         """Read this (publishing) client again: the session it was waiting for drained."""
 
     def kick(self, reason_code: int, text: str) -> None:
         """Close this connection: a newer one took its session over (registry.connect)."""
+        raise NotImplementedError
 
 
 class Journal(Protocol):

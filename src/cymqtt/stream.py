@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 from cymqtt._fast.codec import validate_topic_filter
 from cymqtt.consts import PUBACK, PUBCOMP, PUBREC
 from cymqtt.router import split_shared
-from cymqtt.session import Backlog, Session, Subscription
+from cymqtt.session import Backlog, Client, Session, Subscription
 
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.config import Config
@@ -45,7 +45,7 @@ class ReceivedMessage(NamedTuple):
     properties: dict | None
 
 
-class MessageStream:
+class MessageStream(Client):
     """Messages matching one topic filter, in order: ``async for msg in stream``, or
     ``await stream.get()``. ``close()`` (or leaving ``async with``) unsubscribes and ends the
     iteration; so does the broker's stop. Use it on the broker's event loop."""
@@ -70,10 +70,7 @@ class MessageStream:
         self._items: deque = deque()
         self._waiter: asyncio.Future | None = None
         self._closed = False
-        # The Client interface (session.Client) that the session delivers through.
-        self.writable = True
-        self.paused_since = 0.0
-        self.receive_maximum = 65535
+        Client.__init__(self)       # what the session reads of the client it delivers to
         # U+0000 cannot be in an MQTT client id, so no client's session shares this trie key.
         self._session = session = Session(f"\x00stream-{next(_ids)}", config)
         session.attach(self, 5)

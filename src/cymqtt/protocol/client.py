@@ -36,6 +36,7 @@ from cymqtt.consts import (
 from cymqtt.protocol import connect, control, publish, subscribe
 from cymqtt.protocol.connect import CONN_LOG
 from cymqtt.protocol.errors import ProtocolViolation, reason_name
+from cymqtt.session import Client
 
 if TYPE_CHECKING:  # pragma: no cover
     from cymqtt.context import Context
@@ -130,21 +131,22 @@ DISPATCH = tuple(_active)
 del _early, _active
 
 
-class ClientProtocol:
+class ClientProtocol(Client):
     """The MQTT state of one connection. Attributes are read by the handlers, the session it
     is attached to (`session.Client`) and the sweep (timers.py); only this module and the
     handlers write them."""
 
     __slots__ = (
         "ctx", "io", "parser", "state", "session", "client_id", "version", "keepalive",
-        "last_rx", "created", "outbox", "out_bytes", "writable", "tx_paused", "paused_since",
+        "last_rx", "created", "outbox", "out_bytes", "tx_paused",
         "max_packet_out", "aliases_in", "aliases_out", "alias_out_max", "problem_info",
-        "receive_maximum", "username", "auth",
+        "username", "auth",
         "throttled", "throttles", "waiting", "pending", "received", "sent", "rate",
         "logged", "close_reason",
     )
 
     def __init__(self, ctx: Context, io: ClientIO) -> None:
+        Client.__init__(self)   # writable, paused_since, receive_maximum
         self.ctx = ctx
         self.io = io
         self.parser = FrameParser(0, ctx.config.max_packet_size)
@@ -156,15 +158,12 @@ class ClientProtocol:
         self.last_rx = self.created = ctx.clock()
         self.outbox: list[bytes] | None = None   # frames of this tick; None while idle
         self.out_bytes = 0                # bytes in the outbox
-        self.writable = True              # False while the transport or the outbox is full
         self.tx_paused = False            # the transport asked us to stop writing
-        self.paused_since = 0.0           # when it became unwritable (the sweep's write timeout)
         self.max_packet_out = 0           # client's MQTT 5 maximum packet size; 0 = no limit
         self.aliases_in: dict[int, str] | None = None     # alias -> topic the client set
         self.aliases_out: dict[str, int] | None = None    # topic -> alias we assigned
         self.alias_out_max = 0            # the client's topic alias maximum
         self.problem_info = True          # MQTT 5 request problem information
-        self.receive_maximum = 65535      # the client's, for what we send it
         self.username: str | None = None
         self.auth = None                      # connect.EnhancedAuth, with an auth method
         self.throttled = False                # its subscribers are congested: hold its input
