@@ -57,4 +57,5 @@ clean:
 	rm -rf build wheels/*.whl wheels/*.tar.gz src/*.egg-info src/cymqtt/_fast/*.c src/cymqtt/_fast/*.so src/cymqtt/_fast/*.html \
 		src/cymqtt/bench/*.c src/cymqtt/bench/*.so src/cymqtt/bench/*.html \
 		src/cymqtt/net/*.c src/cymqtt/net/*.so src/cymqtt/net/*.html \
-		src/cymqtt/*.c src/cymqtt/*.so src/cymqtt/protocol/*.c src/cymqtt/protocol/*.so
+		src/cymqtt/*.c src/cymqtt/*.so src/cymqtt/protocol/*.c src/cymqtt/protocol/*.so \
+		src/cymqtt/store/*.c src/cymqtt/store/*.so

@@ -6,9 +6,9 @@ Every ``.pyx`` in those folders becomes its own extension module (``cymqtt._fast
 
 The shell's hot modules are compiled too, from their Python source: every ``.py`` under
 src/cymqtt with a ``.pxd`` beside it (message, session, router, context, metrics,
-protocol/client, protocol/publish). The ``.pxd`` makes their classes extension types with C
-fields and their per-message methods ``cpdef``; the ``.py`` stays the source of truth, is shipped,
-and runs unchanged as plain Python where nothing was compiled.
+protocol/client, protocol/publish, store/journal). The ``.pxd`` makes their classes extension
+types with C fields and their per-message methods ``cpdef``; the ``.py`` stays the source of
+truth, is shipped, and runs unchanged as plain Python where nothing was compiled.
 
 Three build modes (CYMQTT_BUILD=dev|release|debug):
   dev      what ``make build`` compiles in place: -O2, C next to the .pyx

@@ -3,6 +3,8 @@ cimport cython
 from cymqtt._fast.inflight cimport OutboundWindow, InboundQoS2
 from cymqtt.message cimport Message
 
+cdef class Session
+
 
 cdef class Subscription:
     cdef public Session session
@@ -27,6 +29,16 @@ cdef class Client:
     cpdef unthrottle(self)
 
 
+cdef class Journal:
+    cdef public long long seq
+    cdef public long long durable
+
+    cpdef queued(self, Session session, tuple item, int qos, int pid)
+    cpdef sent(self, Session session, tuple item, int pid)
+    cpdef released(self, Session session, tuple item, int pid)
+    cpdef done(self, Session session, tuple item, bint delivered=*)
+
+
 cdef class Session:
     cdef public str client_id
     cdef public dict subscriptions
@@ -45,17 +57,17 @@ cdef class Session:
     cdef public object backlog
     cdef public long long dropped_slow
     cdef public object access
-    cdef public object journal
+    cdef public Journal journal
     cdef public object _config
     cdef object __weakref__
 
     cpdef OutboundWindow _window(self)
-    @cython.locals(w=OutboundWindow, pid=int, q=int, client=Client)
+    @cython.locals(w=OutboundWindow, pid=int, q=int, client=Client, j=Journal)
     cpdef int deliver(self, Message msg, int qos, bint retain, list sub_ids, double now,
                       tuple shared=*) except -1
     @cython.locals(w=OutboundWindow, client=Client)
     cpdef bint draining(self, double now) except -1
-    @cython.locals(w=OutboundWindow, pid=int, qos=int, msg=Message, client=Client)
+    @cython.locals(w=OutboundWindow, pid=int, qos=int, msg=Message, client=Client, j=Journal)
     cpdef release(self, double now)
-    @cython.locals(w=OutboundWindow, ok=bint)
+    @cython.locals(w=OutboundWindow, ok=bint, j=Journal)
     cpdef bint ack(self, int kind, int pid, double now) except -1

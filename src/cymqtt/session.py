@@ -8,7 +8,7 @@ connection's `ClientProtocol`, reached only through the `Client` interface below
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Callable
 
 from cymqtt._fast.inflight import AWAIT_PUBCOMP, InboundQoS2, OutboundWindow
 from cymqtt.consts import NEVER, PUBACK, PUBREC
@@ -97,13 +97,17 @@ class Client:
         raise NotImplementedError
 
 
-class Journal(Protocol):
-    """What a persistent session tells its store (store.Journal) about its outbound window.
-    Every item the window holds is ``(msg, retain, sub_ids, shared, key)``; `key` numbers the
-    entry in the store (0 in a session no store follows), from `seq`."""
+class Journal:
+    """What a persistent session tells its store about its outbound window: the base of
+    `store.Journal` (compiled, a session calls these in C). Every item the window holds is
+    ``(msg, retain, sub_ids, shared, key)``; `key` numbers the entry in the store (0 in a
+    session no store follows), from `seq`."""
 
-    seq: int
-    durable: int     # entries with keys up to this one are committed
+    __slots__ = ("seq", "durable")
+
+    def __init__(self) -> None:
+        self.seq = 0         # the last entry key handed out (Session.deliver)
+        self.durable = 0     # entries with keys up to this one are committed
 
     def queued(self, session: Session, item: tuple, qos: int, pid: int) -> None:
         """The window took `item`: in flight under `pid` (> 0) or queued (-1)."""

@@ -34,6 +34,7 @@ from cymqtt.message import Message
 from cymqtt.registry import RegistryListener
 from cymqtt.retain import MemoryRetainStore
 from cymqtt.router import split_shared
+from cymqtt.session import Journal as WindowJournal
 from cymqtt.session import Session, Subscription, Will
 from cymqtt.store.base import Batch, Snapshot, Store, StoreFull
 
@@ -101,9 +102,18 @@ class DurableRetained(MemoryRetainStore):
         self._index.set(msg.topic, msg)
 
 
-class Journal(RegistryListener):
+class Journal(WindowJournal):
     """:param store: where batches go. :param clock: the broker's (monotonic) clock; stored
-    times are wall-clock (time.time()), converted at the edges."""
+    times are wall-clock (time.time()), converted at the edges.
+
+    A registry listener (registry.RegistryListener's events) by its methods rather than by
+    inheritance: it is compiled as an extension type (journal.pxd), whose base must be one
+    too; the per-message events stay RegistryListener's own no-ops, so the registry gives
+    sessions no observer for it."""
+
+    session_created = RegistryListener.session_created
+    message_queued = RegistryListener.message_queued
+    message_acked = RegistryListener.message_acked
 
     def __init__(self, store: Store, config: Config, clock: Callable[[], float]) -> None:
         self.store = store
