@@ -124,21 +124,15 @@ if MODE != "dev":
 # .pxd files only, so compiling changes no behaviour.
 shell_directives = dict(directives, annotation_typing=False, boundscheck=True,
                         wraparound=True, cdivision=False)
+
+
+def _cythonize(exts, compiler_directives):
+    return cythonize(exts, compiler_directives=compiler_directives, annotate=MODE == "debug",
+                     include_path=["src"], build_dir=cython_dir, quiet=True)
+
+
 setup(
-    ext_modules=cythonize(
-        extensions,
-        compiler_directives=directives,
-        annotate=MODE == "debug",
-        include_path=["src"],
-        build_dir=cython_dir,
-        quiet=True,
-    ) + cythonize(
-        shell_extensions,
-        compiler_directives=shell_directives,
-        annotate=MODE == "debug",
-        include_path=["src"],
-        build_dir=cython_dir,
-        quiet=True,
-    ),
+    ext_modules=_cythonize(extensions, directives) + _cythonize(shell_extensions,
+                                                                shell_directives),
     options=options,
 )
