@@ -4,14 +4,12 @@ from cymqtt._fast.codec cimport Publish, PubAck
 from cymqtt.message cimport Message
 from cymqtt.protocol.client cimport ClientProtocol
 from cymqtt.router cimport Router
-from cymqtt.session cimport Session
 from cymqtt.context cimport Context
-from cymqtt.metrics cimport Metrics
 
 @cython.locals(router=Router, n=int)
 cpdef int route(ClientProtocol proto, Message msg, double now) except -1
 cpdef _hold(ClientProtocol proto, Router router)
-@cython.locals(qos=int, msg=Message, router=Router, n=int, now=double, ctx=Context, metrics=Metrics)
+@cython.locals(qos=int, msg=Message, router=Router, n=int, now=double, ctx=Context)
 cpdef handle_publish(ClientProtocol proto, Publish pkt)
 cpdef bint _receive_qos2(ClientProtocol proto, Publish pkt) except -1
 @cython.locals(qos=int, n=int)
