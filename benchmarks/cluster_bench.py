@@ -9,7 +9,10 @@ alternate (off, on, off, on, ...) and each figure is the median of --repeats run
 
 a  single-node speed with the cluster layer off and on, where no remote subscription matches:
    one broker without [cluster] ("off") beside one broker with [cluster] ("on") that shares a
-   cluster with a second, idle node (so heartbeats and the route table are live). QoS 0 and 1,
+   cluster with a second, idle node (so heartbeats and the route table are live). With
+   --idle-routes N (default 100) a client on the idle node holds N filters dev/<i>/+/state that
+   no publish matches, so every publish on "on" looks its topic up in the route table; 0
+   leaves the table empty (the router then never calls the bus). QoS 0 and 1,
    paced (--rate per publisher) and flat out. Reported: delivered msg/s, p99 latency, broker
    CPU seconds per million messages, and on / off ratios.
 b  cross-node p2p: publishers on node A, subscribers on node B ("cross"), against everything
@@ -209,6 +212,11 @@ def part_a(tmp: str, o) -> list[dict]:
     on = Node(tmp, "on", nats, nodes=1)
     idle = Node(tmp, "idle", nats, nodes=2)
     _wait(lambda: on.stats()["cluster_nodes"] == 2, 10, "the two cluster nodes")
+    holder = None
+    if o.idle_routes:
+        holder = _subscribe_many(idle, o.idle_routes)
+        _wait(lambda: on.stats()["cluster_routes_remote"] >= o.idle_routes, 60,
+              f"{o.idle_routes} routes on the 'on' node")
     rows = []
     try:
         for title, qos, rate in _chosen(SCENARIOS_A, o):
@@ -223,8 +231,12 @@ def part_a(tmp: str, o) -> list[dict]:
                           f"{r['lost']} p99 {r['latency_ms']['p99']} ms cpu {r['cpu_s']}",
                           file=sys.stderr)
             rows.append({"scenario": title, "qos": qos, "rate": rate, "runs": runs,
+                         "idle_routes": o.idle_routes,
                          "forwarded_on": on.stats()["cluster_forwarded"]})
     finally:
+        if holder is not None:
+            holder.loop_stop()
+            holder.disconnect()
         for s in (idle, on, off):
             s.stop()
         nats.stop()
@@ -531,6 +543,8 @@ def main() -> int:
     p.add_argument("--scenarios", default=None,
                    help="only scenarios whose title contains one of these (comma-separated), "
                         "e.g. 'flat out' or 'QoS 0 paced'")
+    p.add_argument("--idle-routes", type=int, default=100,
+                   help="(a) filters held on the idle node, matching no publish (0: none)")
     p.add_argument("--connections", type=int, default=10_000)
     p.add_argument("--filters", type=int, default=10_000)
     p.add_argument("--json", default=None, help="write every run's figures here")

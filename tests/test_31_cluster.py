@@ -123,6 +123,31 @@ def test_nothing_goes_to_nats_without_a_matching_route(cluster, clients):
     assert _stats(a)["cluster_forwarded"] == 0
 
 
+def test_a_topic_that_went_nowhere_is_forwarded_once_a_node_subscribes(cluster, clients):
+    """Node b remembers the topics no other node subscribes to (the router then skips the bus
+    for them); a subscription anywhere, or its end, makes b look again."""
+    a, b = cluster("a"), cluster("b")
+    holder = clients(a.port, "holder")
+    holder.subscribe("elsewhere/#", 0)            # a has a route, so b's router asks the bus
+    pub = clients(b.port, "pub")
+    for i in range(20):
+        pub.publish("late/x", str(i), qos=1)      # nobody subscribes: remembered as such
+    assert _stats(b)["cluster_forwarded"] == 0
+    sub = clients(a.port, "sub")
+    sub.subscribe("late/+", 1)                    # SUBACK: b has the route
+    for i in range(20):
+        pub.publish("late/x", str(i), qos=1)
+    assert [int(m.payload) for m in sub.wait_messages(20)] == list(range(20))
+    assert _stats(b)["cluster_forwarded"] == 20
+    sub.client.unsubscribe("late/+")
+    wait_until(lambda: _stats(b)["cluster_routes_remote"] == 1, timeout=5)   # holder's only
+    for i in range(20):
+        pub.publish("late/x", str(i), qos=1)
+    assert _stats(b)["cluster_forwarded"] == 20
+    time.sleep(0.3)
+    assert len(sub.messages) == 20
+
+
 def test_fanout_reaches_subscribers_on_every_node(cluster, clients):
     nodes = [cluster(n) for n in ("a", "b", "c")]
     subs = [clients(bt.port, f"s{i}-{j}") for i, bt in enumerate(nodes) for j in range(3)]

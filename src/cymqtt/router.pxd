@@ -17,6 +17,7 @@ cdef class Router:
     cdef Py_ssize_t _match_refs
     cdef public object bus
     cdef public object forward
+    cdef public set unrouted
     cdef object __weakref__
 
     @cython.locals(matches=dict, subs=list, sub=Subscription, session=Session, r=int, refs=Py_ssize_t)

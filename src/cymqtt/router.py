@@ -62,8 +62,12 @@ class Router:
         self._match_refs = 0
         # In a cluster: the bus (cluster.Bus), told of retained changes; and its `forward`
         # while some other node has a route at all (else None: a publish costs one test).
+        # `unrouted`: topics the bus found no other node subscribes to (its route table keeps
+        # the set, and empties it on any route change); a publish on one is not offered to
+        # forward(), so it costs a set lookup where no remote subscription matches.
         self.bus = None
         self.forward = None
+        self.unrouted: set[str] = set()
 
     # -- subscriptions -------------------------------------------------------------------------
 
@@ -111,7 +115,7 @@ class Router:
                 self.retained.store(msg)
                 if self.bus is not None:
                     self.bus.retained_changed(msg)
-            if self.forward is not None:
+            if self.forward is not None and msg.topic not in self.unrouted:
                 remote_groups = self.forward(msg)
         # Delivery to every matching session (one function: this is the hot path).
         matches = self._matches

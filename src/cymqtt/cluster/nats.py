@@ -274,6 +274,7 @@ class NatsBus(Bus):
         if self._ctx is not None and self._ctx.router.bus is self:
             self._ctx.router.bus = None
             self._ctx.router.forward = None
+            self._ctx.router.unrouted = set()
             self._ctx.cluster = None
 
     # -- routing out ---------------------------------------------------------------------------
@@ -303,10 +304,12 @@ class NatsBus(Bus):
         self._buckets.retained_changed(msg)
 
     def _routes_changed(self) -> None:
-        # The router calls forward() only while some other node has a route at all.
+        # The router calls forward() only while some other node has a route at all, and
+        # not for a topic the table found no route for (until the next change).
         router = self._ctx.router
         if router.bus is self:
             router.forward = self.forward if self._table.size else None
+            router.unrouted = self._table.unrouted
 
     def _changed(self) -> None:
         # Something to send: at the end of this tick, with everything else of it.

@@ -106,12 +106,15 @@ class Wait:
 class RouteTable:
     """Every other node's filters: `lookup(topic)` says which nodes subscribe to it and
     which shared groups have members elsewhere, from a cache of recent topics cleared on
-    any change (most traffic repeats its topics; routes change rarely)."""
+    any change (most traffic repeats its topics; routes change rarely). The recent topics
+    that no other node subscribes to are also in `unrouted`, which the router tests before
+    it offers a publish to the bus (Router.unrouted), so those cost no call."""
 
     def __init__(self) -> None:
         self._plain = TopicTrie()                 # (filter, node) -> node
         self._shared = TopicTrie()                # ((group, filter), node) -> group
         self._cache: dict[str, tuple[frozenset | None, frozenset | None]] = {}
+        self.unrouted: set[str] = set()           # the cached topics that go nowhere else
         self.size = 0                             # routes, all nodes together
 
     def lookup(self, topic: str) -> tuple[frozenset | None, frozenset | None]:
@@ -125,9 +128,15 @@ class RouteTable:
                 hit = (frozenset(self._plain.match(topic)) or None,
                        frozenset(self._shared.match(topic)) or None)
             if len(self._cache) >= ROUTE_CACHE_SIZE:
-                self._cache.clear()
+                self._clear()
             self._cache[topic] = hit
+            if hit == (None, None):
+                self.unrouted.add(topic)
         return hit
+
+    def _clear(self) -> None:
+        self._cache.clear()
+        self.unrouted.clear()                     # (the router's set: the same object)
 
     def set(self, peer: Peer, add: bool, key: tuple[str | None, str]) -> None:
         """Add or remove `peer`'s route `key` ((group or None, filter))."""
@@ -147,7 +156,7 @@ class RouteTable:
                 self._plain.unsubscribe(topic_filter, (topic_filter, peer.node))
             else:
                 self._shared.unsubscribe(topic_filter, (key, peer.node))
-        self._cache.clear()
+        self._clear()
 
     def drop(self, peer: Peer) -> None:
         """Every route of `peer` (it left, died or restarted)."""
