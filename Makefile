@@ -9,10 +9,15 @@ STAMP  := $(VENV)/.cymqtt-deps
 run: build
 	$(PY) -m cymqtt $(ARGS)
 
-# The whole suite on the asyncio loop, then the broker tests again on uvloop (what `cymqtt` runs).
+# The whole suite on the asyncio loop, then the broker tests again on uvloop (what `cymqtt` runs):
+# the tests whose brokers run in the test process on the loop --loop picks (the others are
+# marked loop_independent). TEST_JOBS pytest-xdist workers, each taking whole files
+# (TEST_JOBS=0: one process).
+TEST_JOBS ?= 2
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_JOBS) --dist loadfile
 test: build tools
-	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
-	$(PY) -m pytest -q -p no:cacheprovider --loop=uvloop --ignore=tests/fast --ignore=tests/protocol $(ARGS)
+	$(PYTEST) $(ARGS)
+	$(PYTEST) --loop=uvloop --ignore=tests/fast --ignore=tests/protocol -m "not loop_independent" $(ARGS)
 	$(MAKE) testinstalled
 
 # The release wheel for the venv's Python, installed in a fresh venv with no compiler on PATH:

@@ -38,7 +38,7 @@ for c in cc gcc c++ g++ clang; do
   if command -v "$c" >/dev/null; then echo "test-installed-wheel: $c still on PATH" >&2; exit 1; fi
 done
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --only-binary=:all: \
-  "$whl" pytest pytest-timeout hypothesis paho-mqtt trustme mypy >"$out/install.log" 2>&1 \
+  "$whl" pytest pytest-timeout pytest-xdist hypothesis paho-mqtt trustme mypy >"$out/install.log" 2>&1 \
   || { cat "$out/install.log"; exit 1; }
 echo "test-installed-wheel: $(basename "$whl") in $venv ($("$venv/bin/python" -V)), no compiler on PATH"
 "$venv/bin/python" scripts/test_wheel.py --project . "$@"

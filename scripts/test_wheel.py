@@ -17,21 +17,29 @@ uvloop has no Windows build: there the broker and the tests run on asyncio, and 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 
 SOURCE_TESTS = ("test_layers.py", "test_readme.py", "test_source.py")
 PYTEST_INI = """\
 [pytest]
 addopts = -ra --strict-markers -p no:cacheprovider
 python_files = test_*.py
-markers =
-    slow: takes more than a few seconds
 timeout = 300
+markers =
 """
+
+
+def pytest_ini(project: str) -> str:
+    """PYTEST_INI with the checkout's markers (pyproject.toml's, the one list of them)."""
+    with open(os.path.join(project, "pyproject.toml"), "rb") as f:
+        markers = tomllib.load(f)["tool"]["pytest"]["ini_options"]["markers"]
+    return PYTEST_INI + "".join(f"    {m}\n" for m in markers)
 
 
 def run(cmd: list[str], cwd: str, env: dict[str, str]) -> None:
@@ -85,8 +93,10 @@ def main() -> int:
         if os.path.isdir(js_modules):   # MQTT.js for the interop tests, when installed
             os.symlink(js_modules, os.path.join(tmp, "tests", "js", "node_modules"))
         with open(os.path.join(tmp, "pytest.ini"), "w") as f:
-            f.write(PYTEST_INI)
+            f.write(pytest_ini(project))
         pytest = [sys.executable, "-m", "pytest", "-q", "--rootdir", tmp]
+        if importlib.util.find_spec("xdist") is not None:     # (as make test: whole files)
+            pytest += ["-n", "2", "--dist", "loadfile"]
         if args.full:
             # Checks of the checkout itself (layering, README, ruff over src/): `make test` runs
             # them; against a wheel they would only find that src/ is absent.
@@ -94,7 +104,8 @@ def main() -> int:
             run(pytest + source + ["tests"] + args.pytest_args, tmp, env)
             if "uvloop" in loops:
                 run(pytest + source + ["--loop=uvloop", "--ignore=tests/fast",
-                                       "--ignore=tests/protocol", "tests"] + args.pytest_args,
+                                       "--ignore=tests/protocol", "-m", "not loop_independent",
+                                       "tests"] + args.pytest_args,
                     tmp, env)
         else:
             run(pytest + ["tests/fast"] + args.pytest_args, tmp, env)

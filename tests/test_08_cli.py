@@ -23,6 +23,9 @@ import pytest
 from cymqtt._version import __version__
 from helpers_paho import V5, V311, PahoClient
 
+# Not run again on uvloop by make test: each broker is `python -m cymqtt`, a process of its own.
+pytestmark = pytest.mark.loop_independent
+
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ")
 LISTENING = re.compile(r"listening on ([\w.:]+):(\d+)")
 

@@ -18,6 +18,9 @@ import pytest
 from cymqtt.passwd import (PasswordFile, PasswordFileError, decode_hash, hash_password,
                            Argon2idHash, Pbkdf2Hash, Sha512Hash)
 
+# Not run again on uvloop by make test: the passwd command and mosquitto, processes of their own.
+pytestmark = pytest.mark.loop_independent
+
 MOSQUITTO = "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
 needs_mosquitto = pytest.mark.skipif(not (os.path.exists(MOSQUITTO) and MOSQUITTO_PASSWD),

@@ -29,6 +29,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cymqtt.acl import AclError, AclFile, covers, meet
 from models.ref_topics import matches
 
+# Not run again on uvloop by make test: cymqtt and mosquitto run as processes of their own.
+pytestmark = pytest.mark.loop_independent
+
 MOSQUITTO = "/usr/sbin/mosquitto"
 
 # Every file ends with these two users: root may write everywhere, spy may read everywhere, so

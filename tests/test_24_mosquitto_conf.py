@@ -27,6 +27,9 @@ from cymqtt.config import Config, ConfigError
 from cymqtt.mosquitto_conf import is_mosquitto_conf, load, translate
 from helpers_paho import V311, PahoClient
 
+# Not run again on uvloop by make test: each broker is `python -m cymqtt`, a process of its own.
+pytestmark = pytest.mark.loop_independent
+
 FIELDS = {f.name for f in dataclasses.fields(Config)}
 
 # The Debian/Ubuntu default /etc/mosquitto/mosquitto.conf (package mosquitto 2.0), verbatim.

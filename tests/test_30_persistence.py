@@ -25,6 +25,10 @@ from cymqtt._fast.codec import (
 from cymqtt.consts import PUBACK, PUBCOMP, PUBREC, PUBREL
 from cymqtt.store import MemoryStore
 
+# Not run again on uvloop by make test: its brokers run on asyncio (BrokerThread's default)
+# or as processes of their own.
+pytestmark = pytest.mark.loop_independent
+
 P_SESSION_EXPIRY = 0x11
 P_MESSAGE_EXPIRY = 0x02
 

@@ -28,6 +28,9 @@ import pytest
 from _testbase import nats_server_binary
 from helpers_paho import V5, PahoClient, wait_until
 
+# Not run again on uvloop by make test: each node is `python -m cymqtt` in a namespace of its own.
+pytestmark = pytest.mark.loop_independent
+
 pytest.importorskip("nats")
 
 NODES = ("a", "b", "c")

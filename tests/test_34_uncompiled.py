@@ -13,7 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import cymqtt
+
+# Not run again on uvloop by make test: it runs pytest in a process of its own, on asyncio.
+pytestmark = pytest.mark.loop_independent
 
 TESTS = Path(__file__).parent
 
