@@ -98,6 +98,30 @@ def test_a_ticks_messages_on_one_topic_travel_together_in_order():
         unpack_message(pack_messages([message_fields(m, 0.0) for m in msgs[:2]]), 0.0)
 
 
+def test_a_batch_over_the_nats_payload_limit_goes_as_several_in_order():
+    """NatsBus._packed: one topic's messages of a tick in as few NATS payloads as fit the
+    server's max_payload, numbered one after the other, in order; a message that cannot fit
+    on its own is counted and left out."""
+    pytest.importorskip("nats")
+    from cymqtt.cluster.nats import NatsBus
+    from cymqtt.config import ClusterConfig
+
+    bus = NatsBus(ClusterConfig(nats=("nats://127.0.0.1:1",), node="a"))
+    msgs = [Message("t", bytes([i]) * 300, 1, False, None, None, "s") for i in range(40)]
+    fields = [message_fields(m, 0.0) for m in msgs]
+    assert [(seq, n) for _, seq, n in bus._packed(fields, 1 << 20)] == [(1, 40)]
+    parts = bus._packed(fields, 4096)
+    assert len(parts) > 3 and all(len(data) <= 4096 for data, _, _ in parts)
+    assert [seq for _, seq, _ in parts] == list(range(2, 2 + len(parts)))
+    back = [m for data, _, _ in parts for m in unpack_messages(data, 0.0)[0]]
+    assert [m.payload for m in back] == [m.payload for m in msgs]
+    huge = message_fields(Message("t", b"x" * 5000, 0, False, None, None, "s"), 0.0)
+    parts = bus._packed([fields[0], huge, fields[1]], 4096)
+    assert [m.payload for data, _, _ in parts for m in unpack_messages(data, 0.0)[0]] == \
+        [msgs[0].payload, msgs[1].payload]
+    assert bus.counters["cluster_too_big"] == 1
+
+
 @pytest.mark.parametrize("junk", [b"", b"\x00\xff", b"\xe9" * 10,
                                   __import__("marshal").dumps((2, "t", b"", 0)),
                                   __import__("marshal").dumps((1, "a", 1, [(5, b"p", 0, 0, None,

@@ -131,8 +131,10 @@ class NatsBus(Bus):
         # The other nodes and their routes.
         self._peers: dict[str, Peer] = {}
         self._table = RouteTable()
-        # Outgoing messages of this tick: (subject, data, shared).
-        self._out: list[tuple[str, bytes, bool]] = []
+        # Outgoing messages of this tick, by topic: topic -> (nodes, [message_fields]), and
+        # for shared groups (group, topic) -> [message_fields].
+        self._out: dict[str, tuple[frozenset, list]] = {}
+        self._out_shared: dict[tuple[str, str], list] = {}
         self._flushing = False
         self._inbox = ""
         self._waits: dict[str, Wait] = {}
@@ -285,18 +287,23 @@ class NatsBus(Bus):
         if nodes is None and groups is None:
             return None
         fields = message_fields(msg, self._ctx.clock())
-        out = self._out
         if nodes is not None:
-            out.append((topic_subject(self._m, topic), fields, nodes))
+            batch = self._out.get(topic)
+            if batch is None:
+                batch = self._out[topic] = (nodes, [])
+            batch[1].append(fields)
             if self._slow and not self._slow.isdisjoint(nodes):
                 # A node it goes to is behind: slow the publisher down, as a congested
                 # local subscriber does (protocol.publish holds it until the node catches up).
                 self._ctx.router.congested.extend(
                     self._peers[n].gate for n in nodes & self._slow if n in self._peers)
         if groups is not None:
+            shared = self._out_shared
             for group in groups:
-                out.append((topic_subject(f"{self._s}.{escape_level(group)}", topic), fields,
-                            None))
+                batch = shared.get((group, topic))
+                if batch is None:
+                    batch = shared[(group, topic)] = []
+                batch.append(fields)
         self._changed()
         return groups
 
@@ -320,9 +327,10 @@ class NatsBus(Bus):
     def _flush_out(self) -> None:
         # Once per tick: everything forwarded during it goes to NATS in one go.
         self._flushing = False
-        if self._out or self._buckets.changed:
-            out, self._out = self._out, []
-            task = asyncio.ensure_future(self._send(out, self._buckets.take()))
+        if self._out or self._out_shared or self._buckets.changed:
+            out, shared = self._out, self._out_shared
+            self._out, self._out_shared = {}, {}
+            task = asyncio.ensure_future(self._send(out, shared, self._buckets.take()))
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
 
@@ -334,59 +342,53 @@ class NatsBus(Bus):
         task.add_done_callback(self._background.discard)
         return task
 
-    def _batches(self, out: list, limit: int) -> list[tuple[str, Any, list]]:
-        # The tick's messages by subject, each subject's in order, in runs under `limit`
-        # bytes: one NATS message per topic per tick (and per node that takes a shared one).
-        # `nodes`: the nodes a plain message goes to, None for a shared group's.
-        by_subject: dict[str, list] = {}
-        dest: dict[str, Any] = {}
-        for subject, fields, nodes in out:
-            batch = by_subject.get(subject)
-            if batch is None:
-                batch = by_subject[subject] = []
-                dest[subject] = nodes
-            batch.append(fields)
-        batches = []
-        for subject, fields in by_subject.items():
-            nodes = dest[subject]
-            run: list = []
-            size = 0
-            for f in fields:
-                n = len(f[1]) + len(f[0]) + 64 + (256 if f[4] else 0)
-                if run and size + n > limit:
-                    batches.append((subject, nodes, run))
-                    run, size = [], 0
-                run.append(f)
-                size += n
-            batches.append((subject, nodes, run))
-        return batches
+    def _packed(self, fields: list, limit: int) -> list[tuple[bytes, int, int]]:
+        # One topic's messages of this tick as one NATS payload, or as several in order when
+        # they do not fit in `limit` bytes (halves, until they do): (payload, its batch
+        # number, messages) each. A message too big on its own is counted and left out.
+        self._seq += 1
+        data = pack_messages(fields, self.node, self._seq)
+        if len(data) <= limit:
+            return [(data, self._seq, len(fields))]
+        self._seq -= 1
+        if len(fields) == 1:
+            self.counters["cluster_too_big"] += 1
+            return []
+        half = len(fields) // 2
+        return self._packed(fields[:half], limit) + self._packed(fields[half:], limit)
 
-    async def _send(self, out: list, writes: list) -> None:
+    async def _send(self, out: dict, shared: dict, writes: list) -> None:
+        # A tick's messages: one NATS message per topic (per group and topic for a shared
+        # group's) whatever the number of messages, so the subject is worked out once.
         nc = self._nc
         shared_nc = self._shared_nc
         limit = nc.max_payload
+        sent = 0
         try:
-            for subject, nodes, fields in self._batches(out, limit // 2):
-                self._seq += 1
-                data = pack_messages(fields, self.node, self._seq)
-                if len(data) > limit:
-                    self.counters["cluster_too_big"] += len(fields)
-                    continue
-                if nodes is None:
-                    # A shared group's: on the bulk connection, which echoes, since this
-                    # node's own members must be among those NATS picks from.
-                    await shared_nc.publish(subject, data)
-                else:
+            for topic, (nodes, fields) in out.items():
+                subject = topic_subject(self._m, topic)
+                for data, seq, n in self._packed(fields, limit):
                     await nc.publish(subject, data)
-                    self._sent(nodes, self._seq, len(fields))
-                self.counters["cluster_forwarded"] += len(fields)
+                    self._sent(nodes, seq, n)
+                    sent += n
+            for (group, topic), fields in shared.items():
+                # On the bulk connection, which echoes, since this node's own members must
+                # be among those NATS picks from.
+                subject = topic_subject(f"{self._s}.{escape_level(group)}", topic)
+                for data, _, n in self._packed(fields, limit):
+                    await shared_nc.publish(subject, data)
+                    sent += n
             for subject, value, headers in writes:      # (the buckets)
                 if len(value) <= limit:
                     await shared_nc.publish(subject, value, headers=headers)
                 else:
                     self.counters["cluster_too_big"] += 1
         except NatsError as exc:
-            log.warning("cluster: could not forward %d messages to NATS: %s", len(out), exc)
+            log.warning("cluster: could not forward %d messages to NATS: %s",
+                        sum(len(f) for _, f in out.values()) + sum(map(len, shared.values()))
+                        - sent, exc)
+        finally:
+            self.counters["cluster_forwarded"] += sent
 
     async def _drain_out(self) -> None:
         if self._sends:
