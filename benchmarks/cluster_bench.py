@@ -220,6 +220,8 @@ def part_a(tmp: str, o) -> list[dict]:
     rows = []
     try:
         for title, qos, rate in _chosen(SCENARIOS_A, o):
+            if rate and o.paced_rate:
+                rate = o.paced_rate
             runs: dict[str, list[dict]] = {"off": [], "on": []}
             for i in range(o.repeats):
                 for node in ((off, on) if i % 2 == 0 else (on, off)):    # (alternate first)
@@ -251,6 +253,8 @@ def part_b(tmp: str, o) -> list[dict]:
     rows = []
     try:
         for title, qos, rate in _chosen(SCENARIOS_B, o):
+            if rate and o.paced_rate:
+                rate = o.paced_rate
             runs: dict[str, list[dict]] = {"local": [], "cross": []}
             for i in range(o.repeats):
                 for mode in (("local", "cross") if i % 2 == 0 else ("cross", "local")):
@@ -532,6 +536,7 @@ def _load(argv: list[str]) -> int:
 
 
 def main() -> int:
+    global PAIRS
     if len(sys.argv) > 1 and sys.argv[1] == "_load":
         return _load(sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -543,6 +548,12 @@ def main() -> int:
     p.add_argument("--scenarios", default=None,
                    help="only scenarios whose title contains one of these (comma-separated), "
                         "e.g. 'flat out' or 'QoS 0 paced'")
+    p.add_argument("--pairs", type=int, default=PAIRS,
+                   help="(a, b) publisher/subscriber pairs, each on a topic of its own")
+    p.add_argument("--paced-rate", type=float, default=None,
+                   help="(a, b) msg/s per publisher in the paced scenarios (default 300 for a, "
+                        "100 for b); e.g. --pairs 1000 --paced-rate 20: many topics, few "
+                        "messages each, so a tick's messages do not batch by topic")
     p.add_argument("--idle-routes", type=int, default=100,
                    help="(a) filters held on the idle node, matching no publish (0: none)")
     p.add_argument("--connections", type=int, default=10_000)
@@ -551,6 +562,7 @@ def main() -> int:
     p.add_argument("--from-json", default=None,
                    help="run nothing: print the tables of a --json file again")
     o = p.parse_args()
+    PAIRS = o.pairs
     if o.from_json:
         with open(o.from_json) as f:
             report(json.load(f))
