@@ -131,7 +131,8 @@ def test_conn_holds_connections_the_broker_sees(broker):
          "--port", str(broker.port), "--interval", "0.5"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stderr], daemon=True).start()
+    reader = threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stderr], daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + TIMEOUT
         while True:
@@ -140,7 +141,10 @@ def test_conn_holds_connections_the_broker_sees(broker):
                 break
         seen = broker.call(lambda: broker.broker.clients_connected)
         assert seen == 50
-        out, _ = proc.communicate(timeout=TIMEOUT)
+        # stderr is the reader's to the end (communicate() would close it under the reader)
+        out = proc.stdout.read()
+        proc.wait(timeout=TIMEOUT)
+        reader.join(TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
