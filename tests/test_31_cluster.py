@@ -180,7 +180,7 @@ def test_overlapping_filters_on_one_node_get_one_copy_each(cluster, clients):
     assert len(both.wait_messages(21)) == 21
     time.sleep(0.3)
     assert len(plus.messages) == 20 and len(hash_.messages) == 21 and len(both.messages) == 21
-    assert _stats(a)["cluster_duplicates_dropped"] > 0
+    assert _stats(a)["cluster_received"] == 21         # one copy for the node, not per filter
 
 
 @pytest.mark.parametrize("topic", ["a.b/c", "sp ace/x", "star/*", "gt/>", "a//b", "/lead",
@@ -365,8 +365,8 @@ def test_hostile_bytes_on_the_cluster_subjects_are_counted_and_ignored(cluster, 
 
     async def attack() -> None:
         nc = await nats.connect(nats_server.url)
-        for subject in ("t.m.h.x", "t.ctl.hb", "t.ctl.route", "t.ctl.claim", "t.ctl.bye",
-                        "t.m.h.y"):
+        for subject in ("t.n.a", "t.ctl.hb", "t.ctl.route", "t.ctl.claim", "t.ctl.bye",
+                        "t.ctl.progress.a", "t.ctl.late.a"):
             for junk in (b"", b"\x00\xff garbage", marshal.dumps((1, "h/x")),
                          marshal.dumps((99, "h/x", b"p", 1, 0, None, None, None, "z"))):
                 await nc.publish(subject, junk)

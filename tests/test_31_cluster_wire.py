@@ -99,7 +99,7 @@ def test_a_ticks_messages_on_one_topic_travel_together_in_order():
 
 
 def test_a_batch_over_the_nats_payload_limit_goes_as_several_in_order():
-    """NatsBus._packed: one topic's messages of a tick in as few NATS payloads as fit the
+    """NatsBus._packed: a tick's messages for one node in as few NATS payloads as fit the
     server's max_payload, numbered one after the other, in order; a message that cannot fit
     on its own is counted and left out."""
     pytest.importorskip("nats")

@@ -2,7 +2,8 @@
 
 Subjects (``<p>`` is `[cluster] name`, "cymqtt" by default; topics escaped by cluster.wire):
 
-    <p>.m.<topic>             a message, to every node subscribed to a matching filter
+    <p>.n.<node>              messages for <node>'s plain subscriptions: all of a tick's
+                              messages that its routes match, whatever their topics
     <p>.s.<group>.<topic>     a message for a shared group: NATS queue group per (group, filter),
                               so exactly one node, then one member there
     <p>.ctl.hb                each node's heartbeat: name, incarnation, route version, stats
@@ -20,13 +21,17 @@ A node has three connections to NATS: messages, control, and bulk (shared-group 
 which must echo to its own queue subscriptions, and JetStream), so that a backlog of messages
 never holds up a heartbeat, a route or a claim.
 
-Routing. Each node subscribes on NATS to the filters its clients hold, and tells the others
-(`route`), which keep a route table (a topic trie of every other node's filters): a publish
-goes to NATS only when the table matches its topic, batched per loop tick. A node that holds
-`a/+` and `a/#` receives a message on `a/b` once per NATS subscription; it takes the copy that
-came through the smallest of its filters that match and drops the others. A SUBACK waits
-until every live node has the new route, so a message published anywhere after it reaches
-the subscriber. A tick's messages on one topic travel as one NATS message.
+Routing. Each node tells the others the filters its clients hold (`route`), and they keep a
+route table (a topic trie of every other node's filters): a publish goes to NATS only when the
+table matches its topic, and then to the subject of each node that holds a match, batched per
+loop tick: one NATS message per node per tick, whatever the topics, and one copy per node
+however many of its filters match. A SUBACK waits until every live node has the new route, so
+a message published anywhere after it reaches the subscriber. (The first design subscribed
+each node on NATS to its filters as subjects and published each topic on its own subject: one
+NATS message per topic per tick, so where every device publishes on a topic of its own, 18 us
+of broker CPU per crossing message (8-11 us this way), and a nats-py subscription of 7.6 KB per
+filter; benchmarks/results/2026-12-02-cluster.md. Shared groups still work that way, since
+NATS queue groups pick their member.)
 
 Back-pressure. Messages from another node that leave subscribers congested wait, as a local
 publisher does. Each batch is numbered and each receiver reports what it processed; a node
@@ -56,6 +61,7 @@ nodes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import marshal
 import secrets
@@ -66,7 +72,6 @@ from typing import TYPE_CHECKING, Any, Callable
 import nats
 from nats.errors import Error as NatsError, SlowConsumerError
 
-from cymqtt._fast.topics import TopicTrie
 from cymqtt.cluster.base import Bus
 from cymqtt.cluster.buckets import Buckets
 from cymqtt.cluster.peers import Gate, Peer, RouteTable, Wait, default_node, queue_name
@@ -104,7 +109,7 @@ class NatsBus(Bus):
         self._cfg = cfg
         self.node = cfg.node or default_node()
         p = self._prefix = cfg.name
-        self._m = f"{p}.m"
+        self._n = f"{p}.n"
         self._s = f"{p}.s"
         self._ctl = f"{p}.ctl"
         self._buckets = Buckets(self, p)           # retained messages, session records
@@ -124,16 +129,15 @@ class NatsBus(Bus):
         # Our routes: (group, filter) -> client ids holding it; by client, for session ends.
         self._holders: dict[tuple[str | None, str], set[str]] = {}
         self._by_client: dict[str, set[tuple[str | None, str]]] = {}
-        self._nats_subs: dict[tuple[str | None, str], list] = {}
-        self._plain = TopicTrie()                  # our plain filters, to drop the extra copies
+        self._nats_subs: dict[tuple[str | None, str], list] = {}   # (none for plain routes)
         self._ops: asyncio.Queue | None = None     # route changes, applied in order
         self._settle: list[asyncio.Future] = []    # SUBACKs waiting for their routes
         # The other nodes and their routes.
         self._peers: dict[str, Peer] = {}
         self._table = RouteTable()
-        # Outgoing messages of this tick, by topic: topic -> (nodes, [message_fields]), and
+        # Outgoing messages of this tick: node -> [message_fields] (plain subscriptions), and
         # for shared groups (group, topic) -> [message_fields].
-        self._out: dict[str, tuple[frozenset, list]] = {}
+        self._out: dict[str, list] = {}
         self._out_shared: dict[tuple[str, str], list] = {}
         self._flushing = False
         self._inbox = ""
@@ -149,7 +153,7 @@ class NatsBus(Bus):
         self._connected = False
         self._closing = False
         self.counters = {"cluster_forwarded": 0, "cluster_received": 0,
-                         "cluster_duplicates_dropped": 0, "cluster_bad_messages": 0,
+                         "cluster_bad_messages": 0,
                          "cluster_too_big": 0, "cluster_claims": 0, "cluster_handovers_in": 0,
                          "cluster_handovers_out": 0, "cluster_sessions_recovered": 0,
                          "cluster_held_back": 0, "cluster_dropped_slow": 0,
@@ -196,6 +200,7 @@ class NatsBus(Bus):
         await nc.subscribe(f"{self._ctl}.ask", cb=self._on_ask)
         await nc.subscribe(f"{self._ctl}.progress.{self.node}", cb=self._on_progress)
         await nc.subscribe(f"{self._ctl}.late.{self.node}", cb=self._on_late)
+        await self._nc.subscribe(self._node_subject(self.node), cb=self._take)
         self._tasks.append(asyncio.create_task(self._beat(), name="cymqtt-cluster-heartbeat"))
         # Meet the others: they answer a heartbeat from a node they do not know with theirs,
         # and we ask each one we hear of for its routes.
@@ -288,10 +293,12 @@ class NatsBus(Bus):
             return None
         fields = message_fields(msg, self._ctx.clock())
         if nodes is not None:
-            batch = self._out.get(topic)
-            if batch is None:
-                batch = self._out[topic] = (nodes, [])
-            batch[1].append(fields)
+            out = self._out
+            for node in nodes:
+                batch = out.get(node)
+                if batch is None:
+                    batch = out[node] = []
+                batch.append(fields)
             if self._slow and not self._slow.isdisjoint(nodes):
                 # A node it goes to is behind: slow the publisher down, as a congested
                 # local subscriber does (protocol.publish holds it until the node catches up).
@@ -343,7 +350,8 @@ class NatsBus(Bus):
         return task
 
     def _packed(self, fields: list, limit: int) -> list[tuple[bytes, int, int]]:
-        # One topic's messages of this tick as one NATS payload, or as several in order when
+        # A tick's messages for one node (or one group's on one topic) as one NATS payload,
+        # or as several in order when
         # they do not fit in `limit` bytes (halves, until they do): (payload, its batch
         # number, messages) each. A message too big on its own is counted and left out.
         self._seq += 1
@@ -358,18 +366,18 @@ class NatsBus(Bus):
         return self._packed(fields[:half], limit) + self._packed(fields[half:], limit)
 
     async def _send(self, out: dict, shared: dict, writes: list) -> None:
-        # A tick's messages: one NATS message per topic (per group and topic for a shared
-        # group's) whatever the number of messages, so the subject is worked out once.
+        # A tick's messages: one NATS message per node they go to, whatever their topics, and
+        # one per group and topic for a shared group's.
         nc = self._nc
         shared_nc = self._shared_nc
         limit = nc.max_payload
         sent = 0
         try:
-            for topic, (nodes, fields) in out.items():
-                subject = topic_subject(self._m, topic)
+            for node, fields in out.items():
+                subject = self._node_subject(node)
                 for data, seq, n in self._packed(fields, limit):
                     await nc.publish(subject, data)
-                    self._sent(nodes, seq, n)
+                    self._sent(node, seq, n)
                     sent += n
             for (group, topic), fields in shared.items():
                 # On the bulk connection, which echoes, since this node's own members must
@@ -385,8 +393,8 @@ class NatsBus(Bus):
                     self.counters["cluster_too_big"] += 1
         except NatsError as exc:
             log.warning("cluster: could not forward %d messages to NATS: %s",
-                        sum(len(f) for _, f in out.values()) + sum(map(len, shared.values()))
-                        - sent, exc)
+                        sum(map(len, out.values())) + sum(map(len, shared.values())) - sent,
+                        exc)
         finally:
             self.counters["cluster_forwarded"] += sent
 
@@ -396,10 +404,11 @@ class NatsBus(Bus):
 
     # -- routing in ----------------------------------------------------------------------------
 
-    async def _take(self, m, key: tuple[str | None, str]) -> None:
-        # One batch from another node, through our NATS subscription for `key`: to our
-        # plain subscriptions, or to one member of the shared group `key`, each message
-        # waiting while the one before left subscribers congested.
+    async def _take(self, m, key: tuple[str, str] | None = None) -> None:
+        # One batch from another node: sent to this node (`key` None), to our plain
+        # subscriptions, or through our NATS queue subscription for the shared group `key`,
+        # to one member; each message waiting while the one before left subscribers
+        # congested.
         ctx = self._ctx
         now = ctx.clock()
         try:
@@ -408,16 +417,8 @@ class NatsBus(Bus):
             self.counters["cluster_bad_messages"] += 1
             return
         router = ctx.router
-        if key[0] is None and msgs:
-            # One copy per NATS subscription that matched: keep the one through the smallest
-            # of our filters that match in MQTT's terms (`#` skips `$` topics). (A batch is
-            # one subject, so one topic.)
-            matched = self._plain.match(msgs[0].topic)
-            if not matched or min(matched) != key[1]:
-                self.counters["cluster_duplicates_dropped"] += len(msgs)
-                msgs = []
         for msg in msgs:
-            if key[0] is None:
+            if key is None:
                 router.route(msg, now, True)
             else:
                 router.deliver_shared_key(key, msg, now)
@@ -427,10 +428,8 @@ class NatsBus(Bus):
         self.counters["cluster_received"] += len(msgs)
         self._processed(origin, seq)
 
-    def _handler(self, key: tuple[str | None, str]):
-        async def on_message(m) -> None:
-            await self._take(m, key)
-        return on_message
+    def _node_subject(self, node: str) -> str:
+        return f"{self._n}.{escape_level(node)}"
 
     # -- flow control between nodes -------------------------------------------------------------
     # Each batch a node sends is numbered; each receiver reports, at most every
@@ -440,16 +439,15 @@ class NatsBus(Bus):
     # down through TCP, as a congested local subscriber does, instead of their messages
     # piling up in NATS until it is cut off as a slow consumer.
 
-    def _sent(self, nodes: frozenset, seq: int, n: int) -> None:
-        for node in nodes:
-            peer = self._peers.get(node)
-            if peer is None:
-                continue
-            peer.outstanding.append((seq, n))
-            peer.pending += n
-            if peer.pending > FLOW_HIGH and node not in self._slow:
-                self._slow.add(node)
-                self.counters["cluster_flow_held"] += 1
+    def _sent(self, node: str, seq: int, n: int) -> None:
+        peer = self._peers.get(node)
+        if peer is None:
+            return
+        peer.outstanding.append((seq, n))
+        peer.pending += n
+        if peer.pending > FLOW_HIGH and node not in self._slow:
+            self._slow.add(node)
+            self.counters["cluster_flow_held"] += 1
 
     def _processed(self, origin: str, seq: int) -> None:
         if seq > self._progress.get(origin, 0):
@@ -595,22 +593,18 @@ class NatsBus(Bus):
                         fut.set_result(None)
 
     async def _nats_subscribe(self, key: tuple[str | None, str]) -> None:
+        # A plain route needs nothing on NATS (the others send to this node's subject what
+        # their route table says is ours); a shared group's is a NATS queue subscription.
         group, topic_filter = key
-        nc = self._nc
-        if group is None:
-            subs = [await nc.subscribe(s, cb=self._handler(key))
-                    for s in filter_subjects(self._m, topic_filter)]
-            self._plain.subscribe(topic_filter, topic_filter, topic_filter)
-        else:
+        subs = []
+        if group is not None:
             prefix = f"{self._s}.{escape_level(group)}"
-            subs = [await nc.subscribe(s, queue=queue_name(key),
-                                       cb=self._handler(key))
+            subs = [await self._nc.subscribe(s, queue=queue_name(key),
+                                             cb=functools.partial(self._take, key=key))
                     for s in filter_subjects(prefix, topic_filter)]
         self._nats_subs[key] = subs
 
     async def _nats_unsubscribe(self, key: tuple[str | None, str]) -> None:
-        if key[0] is None:
-            self._plain.unsubscribe(key[1], key[1])
         for sub in self._nats_subs.pop(key, ()):
             await sub.unsubscribe()
 

@@ -1,6 +1,7 @@
 """What nodes send each other, as bytes and NATS subjects. Pure functions, no I/O.
 
-Subjects. A topic's levels become a subject's tokens: `a/b/c` -> `<prefix>.a.b.c`. NATS
+Subjects (for shared groups, which NATS queue groups serve; plain messages go to each node's
+own subject). A topic's levels become a subject's tokens: `a/b/c` -> `<prefix>.a.b.c`. NATS
 tokens cannot be empty or hold `.`, whitespace, or be `*` / `>`, so a level with any byte
 outside `[A-Za-z0-9_-]` is escaped as `%XX` per UTF-8 byte and an empty level is `%` alone
 (`%` itself is `%25`): the mapping is one to one, and `+` -> `*`, `#` -> `>` only ever come
@@ -87,7 +88,7 @@ def message_fields(msg: Message, now: float) -> tuple:
 
 def pack_messages(fields: list[tuple], origin: str = "", seq: int = 0) -> bytes:
     """Messages (`message_fields`) from node `origin`, as one NATS payload (a tick's
-    messages on one topic travel together); `seq` numbers the origin's batches, which the
+    messages for one node travel together); `seq` numbers the origin's batches, which the
     receivers report back (flow control)."""
     return marshal.dumps((WIRE_VERSION, origin, seq, fields))
 
