@@ -5,6 +5,7 @@ free port; tests talk to it with real clients (paho-mqtt, mosquitto_pub/sub, raw
 may read its state through `BrokerThread.call(fn)`, which runs `fn` on the broker's loop.
 `BrokerThread` and `RawClient` live in _testbase.py; test modules import them from there.
 The loop is asyncio or uvloop (`--loop=uvloop`, or CYMQTT_TEST_LOOP=uvloop).
+`workers` (helpers_workers.py) starts the real `cymqtt --workers N` command.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from _testbase import BrokerThread, RawClient
+from helpers_workers import workers  # noqa: F401 (the fixture of test_32 and test_35)
 from cymqtt._fast.codec import Connect
 
 

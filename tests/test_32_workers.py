@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import shutil
 import signal
@@ -18,8 +17,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 import urllib.request
 
 import pytest
@@ -27,177 +24,15 @@ import pytest
 from cymqtt.cluster.workers import find_nats_server, worker_config
 from cymqtt.config import ClusterConfig, Config, ConfigError, HttpConfig, config_from_dict
 from helpers_paho import V311, PahoClient, wait_until
+from helpers_workers import (
+    CONNACK_OK, Workers, alive, children, connect_frame, connect_many, free_port, landed_on,
+    mqtt_connect, paho_on, processes_with,
+)
 
-STARTED = re.compile(r"(\d+) workers \(pids ([\d, ]+)\) serve .* meeting on NATS (\S+)"
-                     r"(?: \(nats-server pid (\d+), store ([^)]+)\))?; supervisor pid (\d+)")
-CONNECTED = re.compile(r"INFO (worker-\d+) cymqtt\.connections: New client connected .* as "
-                       r"(\S+) ")
+# Not run again on uvloop by make test: each worker is `python -m cymqtt`, a process of its own.
+pytestmark = pytest.mark.loop_independent
+
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie, dead but not yet reaped, counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def children(pid: int) -> list[int]:
-    """Live processes whose parent is `pid`."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    fields = fh.read().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                out.append(int(entry))
-    return out
-
-
-def processes_with(*words: str) -> list[int]:
-    """Live processes whose command line holds every one of `words`."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                    argv = fh.read().decode(errors="replace").split("\0")
-            except OSError:
-                continue
-            if all(word in argv for word in words) and alive(int(entry)):
-                out.append(int(entry))
-    return out
-
-
-def connect_frame(client_id: str) -> bytes:
-    """MQTT 3.1.1 CONNECT, clean session, keep alive 0 (never timed out)."""
-    cid = client_id.encode()
-    body = b"\x00\x04MQTT\x04\x02\x00\x00" + len(cid).to_bytes(2, "big") + cid
-    return bytes([0x10, len(body)]) + body
-
-
-CONNACK_OK = b"\x20\x02\x00\x00"
-
-
-def mqtt_connect(port: int, client_id: str) -> socket.socket:
-    """A raw MQTT connection that got its CONNACK."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s.sendall(connect_frame(client_id))
-    assert s.recv(4) == CONNACK_OK, client_id
-    return s
-
-
-class Workers:
-    """`python -m cymqtt --workers N ARGS`, its stderr read line by line in a thread."""
-
-    def __init__(self, *args: str, env: dict | None = None, wait: bool = True) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "cymqtt", *args],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True, env=env)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        self._matched: set[int] = set()     # indices of the lines wait_for returned
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        if wait:
-            m = self.wait_for(STARTED)
-            self.pids = [int(p) for p in m.group(2).split(", ")]
-            self.nats_url = m.group(3)
-            self.nats_pid = int(m.group(4)) if m.group(4) else None
-            self.nats_store = m.group(5)
-            assert int(m.group(6)) == self.proc.pid
-            assert len(self.pids) == int(m.group(1))
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.put(line.rstrip("\n"))
-
-    def wait_for(self, pattern: re.Pattern, timeout: float = 15.0) -> re.Match:
-        """The first line matching `pattern` that no earlier call returned, among the lines
-        read so far and those still to come (lines arrive in whatever order the workers
-        write them)."""
-        for i, line in enumerate(self.seen):
-            if i not in self._matched and (m := pattern.search(line)):
-                self._matched.add(i)
-                return m
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no line matching {pattern.pattern!r}; got {self.seen}")
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                continue
-            self.seen.append(line)
-            m = pattern.search(line)
-            if m:
-                self._matched.add(len(self.seen) - 1)
-                return m
-
-    def finish(self) -> list[str]:
-        """After the process ended: every line it wrote."""
-        self._reader.join(5)
-        while not self.lines.empty():
-            self.seen.append(self.lines.get_nowait())
-        return self.seen
-
-    @property
-    def everything(self) -> list[int]:
-        """The supervisor, its workers and its nats-server."""
-        return [self.proc.pid, *self.pids] + ([self.nats_pid] if self.nats_pid else [])
-
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(timeout)
-        self.finish()
-        return rc
-
-
-@pytest.fixture
-def workers():
-    started: list[Workers] = []
-
-    def start(*args: str, **kw) -> Workers:
-        w = Workers(*args, **kw)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:            # whatever the test did: nothing it started stays
-        pids = w.everything if hasattr(w, "pids") else [w.proc.pid]
-        if w.proc.poll() is None:
-            w.proc.kill()
-            w.proc.wait(5)
-        for pid in pids:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-
-
-def landed_on(w: Workers, client_ids: list[str]) -> dict[str, str]:
-    """client id -> the worker ("worker-2") whose log says it connected."""
-    where: dict[str, str] = {}
-    while not set(client_ids) <= set(where):
-        m = w.wait_for(CONNECTED, timeout=5)
-        where[m.group(2)] = m.group(1)
-    return {c: where[c] for c in client_ids}
-
-
-def connect_many(port: int, prefix: str, n: int = 24) -> tuple[list[str], list[socket.socket]]:
-    ids = [f"{prefix}-{i}" for i in range(n)]
-    return ids, [mqtt_connect(port, c) for c in ids]
 
 
 # -- start, share, restart, stop -------------------------------------------------------------
@@ -342,6 +177,26 @@ def test_workers_die_with_the_supervisor(workers):
     shutil.rmtree(w.nats_store)
 
 
+def test_a_worker_that_will_not_stop_ends_when_its_supervisor_is_gone():
+    """The lifeline's guard: a worker whose stop never finishes (a task that ignores its
+    cancellation) still ends ORPHAN_GRACE seconds after its supervisor is gone, exit code 1,
+    saying why. (Here the "worker" is a loop whose stop does nothing.)"""
+    code = ("import asyncio, logging, os, sys\n"
+            "from cymqtt.cluster import workers\n"
+            "logging.basicConfig(stream=sys.stderr)\n"
+            "workers.ORPHAN_GRACE = 0.5\n"
+            "r, w = os.pipe()\n"
+            "loop = asyncio.new_event_loop()\n"
+            "workers.watch_lifeline(loop, r, lambda: None)\n"
+            "loop.call_soon(os.close, w)\n"
+            "loop.run_forever()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=20)
+    assert done.returncode == 1, done.stderr
+    assert "the supervisor is gone; stopping" in done.stderr
+    assert "did not stop in 0.5 s; exiting" in done.stderr
+
+
 def test_sighup_reaches_every_worker(workers, tmp_path):
     """SIGHUP to the supervisor: each worker reads the config file again."""
     conf = tmp_path / "cymqtt.toml"
@@ -369,17 +224,6 @@ def test_pid_file_names_the_supervisor(workers, tmp_path):
 
 
 # -- across workers: the cluster bus on the supervisor's NATS ----------------------------------
-
-def paho_on(w: Workers, port: int, worker: str, prefix: str, **kw) -> PahoClient:
-    """A paho client that the kernel gave to `worker` (clients landing elsewhere are closed
-    and another is tried: each lands on either with even odds)."""
-    for i in range(40):
-        c = PahoClient(port, f"{prefix}-{i}", protocol=V311, **kw)
-        if landed_on(w, [c.client_id])[c.client_id] == worker:
-            return c
-        c.close()
-    raise AssertionError(f"40 connections and none on {worker}")
-
 
 def test_qos1_between_workers_none_lost(workers):
     """20 subscriber/publisher pairs on the one port, each pair on a topic of its own; the
