@@ -194,5 +194,6 @@ class Buckets:
         registry.adopt(session, [], now)
         log.warning("client %s: its session was on node %s, which is gone or did not "
                     "answer: taken on here with its %d subscriptions (the messages queued "
-                    "there are lost)", client_id, node, len(session.subscriptions))
+                    "there come here if that node comes back)", client_id, node,
+                    len(session.subscriptions))
         return True

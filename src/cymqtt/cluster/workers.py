@@ -43,6 +43,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 
@@ -98,9 +99,14 @@ def worker_config(config: Config, index: int, nats_url: str | None) -> Config:
         data_dir=os.path.join(config.data_dir or DEFAULT_DATA_DIR, f"worker-{index}"))
 
 
+ORPHAN_GRACE = 15.0     # seconds a worker whose supervisor is gone has to stop by itself
+
+
 def watch_lifeline(loop, fd: int, stop) -> None:
     """In a worker: call `stop()` when the supervisor's end of the lifeline pipe `fd` closes
-    (the supervisor is gone)."""
+    (the supervisor is gone). A worker still running ORPHAN_GRACE seconds later (a task that
+    would not end: nats-py's reconnect loop can swallow its cancellation) ends at once, so
+    nothing outlives the supervisor."""
     def readable() -> None:
         try:
             data = os.read(fd, 64)
@@ -111,10 +117,20 @@ def watch_lifeline(loop, fd: int, stop) -> None:
         if not data:
             loop.remove_reader(fd)
             log.warning("the supervisor is gone; stopping")
+            guard = threading.Timer(ORPHAN_GRACE, _orphaned)
+            guard.daemon = True
+            guard.start()
             stop()
 
     os.set_blocking(fd, False)
     loop.add_reader(fd, readable)
+
+
+def _orphaned() -> None:
+    log.error("the supervisor is gone and this worker did not stop in %g s; exiting",
+              ORPHAN_GRACE)
+    logging.shutdown()
+    os._exit(1)
 
 
 def _describe_exit(returncode: int) -> str:

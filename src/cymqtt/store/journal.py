@@ -715,8 +715,13 @@ class Journal(WindowJournal):
         self._idle.clear()
         loop = self._loop
         future = self._writer.submit(self._commit, batch)
-        future.add_done_callback(
-            lambda f: loop.call_soon_threadsafe(self._committed, batch, f.exception()))
+
+        def done(f) -> None:
+            try:
+                loop.call_soon_threadsafe(self._committed, batch, f.exception())
+            except RuntimeError:          # the loop is closed: the process is ending
+                pass
+        future.add_done_callback(done)
 
     def _commit(self, batch: Batch) -> None:
         # The writer thread.
