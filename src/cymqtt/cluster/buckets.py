@@ -54,16 +54,26 @@ class Buckets:
         self._seq = 0
         self._recorded: set[str] = set()           # client ids with a record in the bucket
         self.giving: str | None = None             # the client id being handed over
+        self._watcher = None                       # the retained bucket's, once started
 
     async def start(self) -> asyncio.Task:
         """Open (or create) both buckets and load every retained message into the node's
         store; returns the task that follows the retained bucket from then on."""
         retained = await self._open(self._retained_name)
         self._sessions = await self._open(self._sessions_name)
-        watcher = await retained.watchall()
+        watcher = self._watcher = await retained.watchall()
         task = asyncio.create_task(self._watch(watcher), name="cymqtt-cluster-retained")
         await self._ready.wait()
         return task
+
+    async def stop(self) -> None:
+        """Stop following the retained bucket (its consumer's tasks end with it)."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            try:
+                await watcher.stop()
+            except (NatsError, OSError):
+                pass
 
     async def _open(self, name: str):
         js = self._bus._shared_nc.jetstream()

@@ -268,6 +268,8 @@ class NatsBus(Bus):
         if self._nc is not None and self._nc.is_connected:
             self._flush_out()
             await self._drain_out()
+        if self._shared_nc is not None and self._shared_nc.is_connected:
+            await self._buckets.stop()
         for nc in (self._nc, self._shared_nc, self._ctl_nc):
             if nc is None or nc.is_closed:
                 continue
