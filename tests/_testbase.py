@@ -27,6 +27,14 @@ from cymqtt.registry import RegistryListener
 from cymqtt.testing import BrokerThread as PublicBrokerThread
 
 
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on (for a broker started on a port of its
+    own: a subprocess, a nats-server)."""
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        return sk.getsockname()[1]
+
+
 class TestClock:
     """The broker's clock in tests: real monotonic time plus what the test fast-forwarded, so
     deadlines the broker stamps (message expiry, keep alive) pass without sleeping."""

@@ -33,6 +33,7 @@ import time
 import pytest
 
 from helpers_paho import V311, PahoClient
+from _testbase import free_port
 
 __all__ = ["CONNACK_OK", "CONNECTED", "STARTED", "Workers", "alive", "children",
            "connect_frame", "connect_many", "free_port", "landed_on", "mqtt_connect",
@@ -42,12 +43,6 @@ STARTED = re.compile(r"(\d+) workers \(pids ([\d, ]+)\) serve .* meeting on NATS
                      r"(?: \(nats-server pid (\d+), store ([^)]+)\))?; supervisor pid (\d+)")
 CONNECTED = re.compile(r"INFO (worker-\d+) cymqtt\.connections: New client connected .* as "
                        r"(\S+) ")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def alive(pid: int) -> bool:

@@ -17,6 +17,7 @@ import pytest
 
 from cymqtt.passwd import (PasswordFile, PasswordFileError, decode_hash, hash_password,
                            Argon2idHash, Pbkdf2Hash, Sha512Hash)
+from _testbase import free_port
 
 # Not run again on uvloop by make test: the passwd command and mosquitto, processes of their own.
 pytestmark = pytest.mark.loop_independent
@@ -162,19 +163,13 @@ def test_file_written_by_mosquitto_passwd_verifies(tmp_path, hash_opt):
     assert not pf.verify("alice", b"b0b pw")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mosquitto_with(tmp_path):
     """mosquitto_with(password_file) -> port of a mosquitto using it (stopped by pid)."""
     procs: list[subprocess.Popen] = []
 
     def start(password_file) -> int:
-        port = _free_port()
+        port = free_port()
         conf = tmp_path / f"m{port}.conf"
         # `user`: mosquitto started as root otherwise drops to "mosquitto", which cannot read
         # a 0600 file of ours

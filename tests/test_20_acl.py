@@ -28,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from cymqtt.acl import AclError, AclFile, covers, meet
 from models.ref_topics import matches
+from _testbase import free_port
 
 # Not run again on uvloop by make test: cymqtt and mosquitto run as processes of their own.
 pytestmark = pytest.mark.loop_independent
@@ -155,14 +156,9 @@ EXTRA_FILTERS = ["public/secret", "+/+", "dev/+/locked", "$SYS/broker/version", 
 # ---------------------------------------------------------------------------------------------
 # A real mosquitto and paho clients
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def start_mosquitto(tmp_path, acl_text: str) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
+    port = free_port()
     (tmp_path / "acl").write_text(acl_text)
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nsys_interval 1\n"
@@ -172,7 +168,7 @@ def start_mosquitto(tmp_path, acl_text: str) -> tuple[subprocess.Popen, int]:
 
 def start_cymqtt(tmp_path, acl_text: str) -> tuple[subprocess.Popen, int]:
     """The same file served by cymqtt (its own process, as a user runs it)."""
-    port = _free_port()
+    port = free_port()
     (tmp_path / "acl").write_text(acl_text)
     conf = tmp_path / "cymqtt.toml"
     conf.write_text(f'port = {port}\nsys_interval = 1\nacl_file = "{tmp_path / "acl"}"\n')

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from _testbase import RawClient
+from _testbase import RawClient, free_port
 from cymqtt._fast.codec import Connect, Subscribe
 from cymqtt.config import Config, ConfigError
 from cymqtt.mosquitto_conf import is_mosquitto_conf, load, translate
@@ -58,12 +58,6 @@ def write(tmp_path, text: str, name: str = "mosquitto.conf") -> str:
     p = tmp_path / name
     p.write_text(text)
     return str(p)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Cymqtt:

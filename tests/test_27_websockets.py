@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from _testbase import Cli, RawClient
+from _testbase import Cli, RawClient, free_port
 from cymqtt._fast.codec import Connect, Disconnect, Publish, Subscribe, encode
 from cymqtt.config import ConfigError, ListenerConfig, config_from_dict, load_config
 from cymqtt.mosquitto_conf import load as load_conf
@@ -123,7 +123,7 @@ def test_toml_and_mosquitto_conf_listeners(tmp_path):
 def test_cymqtt_command_serves_a_mosquitto_conf_websocket_listener(tmp_path, request):
     """`cymqtt -c mosquitto.conf` with a TCP and a WebSocket listener: paho over WebSocket
     reaches a TCP subscriber."""
-    tcp, ws = _free_port(), _free_port()
+    tcp, ws = free_port(), free_port()
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(f"listener {tcp} 127.0.0.1\nlistener {ws} 127.0.0.1\n"
                     "protocol websockets\nallow_anonymous true\n")
@@ -139,13 +139,6 @@ def test_cymqtt_command_serves_a_mosquitto_conf_websocket_listener(tmp_path, req
         pub.close()
     finally:
         assert cli.stop() == 0
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- real clients -------------------------------------------------------------------------------

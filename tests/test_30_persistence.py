@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from _testbase import BrokerThread, Cli, RawClient
+from _testbase import BrokerThread, Cli, RawClient, free_port
 from cymqtt._fast.codec import (
     ConnAck, Connect, Disconnect, PubAck, Publish, Subscribe,
 )
@@ -31,12 +31,6 @@ pytestmark = pytest.mark.loop_independent
 
 P_SESSION_EXPIRY = 0x11
 P_MESSAGE_EXPIRY = 0x02
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_listening(port: int, timeout: float = 10.0) -> None:

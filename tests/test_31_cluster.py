@@ -15,22 +15,16 @@ import pytest
 
 from cymqtt.config import ClusterConfig, ConfigError
 from helpers_paho import V5, V311, PahoClient, wait_until
-from _testbase import BrokerThread, nats_server_binary
+from _testbase import BrokerThread, free_port, nats_server_binary
 
 nats = pytest.importorskip("nats")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class NatsServer:
     """A real nats-server with JetStream on a free loopback port."""
 
     def __init__(self, store_dir: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port),
@@ -382,13 +376,13 @@ def test_hostile_bytes_on_the_cluster_subjects_are_counted_and_ignored(cluster, 
 
 
 def test_unreachable_nats_is_one_clear_error(request):
-    cfg = ClusterConfig(nats=(f"nats://127.0.0.1:{_free_port()}",), node="x")
+    cfg = ClusterConfig(nats=(f"nats://127.0.0.1:{free_port()}",), node="x")
     with pytest.raises(ConfigError, match="cannot reach NATS"):
         BrokerThread(request.config.getoption("--loop"), cluster=cfg)
 
 
 def test_nats_without_jetstream_is_one_clear_error(request, tmp_path):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -521,7 +515,7 @@ def test_a_session_whose_node_died_is_taken_on_with_its_subscriptions(cluster, c
                                                                       nats_server, tmp_path):
     a = cluster("a")
     conf = tmp_path / "b.toml"
-    b_port = _free_port()
+    b_port = free_port()
     conf.write_text(f'port = {b_port}\npersistence = false\n[cluster]\n'
                     f'nats = "{nats_server.url}"\nnode = "b"\nname = "t"\nnode_timeout = 1.5\n')
     proc = subprocess.Popen([sys.executable, "-m", "cymqtt", "-c", str(conf)],

@@ -105,8 +105,11 @@ PROTOS = [pytest.param(Proto, id="data_received"), pytest.param(BProto, id="buff
 
 # --- harness -------------------------------------------------------------------------------------
 
-def count_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def open_fds() -> set[int]:
+    """This process's open file descriptors. A test compares the sets before and after: what
+    it opened must be closed, whatever other threads of the process (a broker of an earlier
+    test winding down) close meanwhile."""
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes:
