@@ -19,6 +19,7 @@ Three build modes (CYMQTT_BUILD=dev|release|debug):
            C and objects in build/debug/
 Environment:
   CYMQTT_ONLY=a,b  build only those modules (by file name: codec,_wire)
+  CYMQTT_NO_EXTENSIONS=1  build none (make's editable install; make build compiles in place)
 """
 import glob
 import os
@@ -138,8 +139,11 @@ def _cythonize(exts, compiler_directives):
                      include_path=["src"], build_dir=cython_dir, quiet=True, nthreads=NTHREADS)
 
 
-setup(
-    ext_modules=_cythonize(extensions, directives) + _cythonize(shell_extensions,
-                                                                shell_directives),
-    options=options,
-)
+# CYMQTT_NO_EXTENSIONS=1 compiles nothing: make's editable install (pip install -e), which
+# `make build` follows by compiling every module in place (else both would compile it all).
+if os.environ.get("CYMQTT_NO_EXTENSIONS") == "1":
+    ext_modules = []
+else:
+    ext_modules = _cythonize(extensions, directives) + _cythonize(shell_extensions,
+                                                                  shell_directives)
+setup(ext_modules=ext_modules, options=options)
