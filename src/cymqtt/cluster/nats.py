@@ -353,9 +353,9 @@ class NatsBus(Bus):
 
     def _packed(self, fields: list, limit: int) -> list[tuple[bytes, int, int]]:
         # A tick's messages for one node (or one group's on one topic) as one NATS payload,
-        # or as several in order when
-        # they do not fit in `limit` bytes (halves, until they do): (payload, its batch
-        # number, messages) each. A message too big on its own is counted and left out.
+        # or as several in order when they do not fit in `limit` bytes (halves, until they
+        # do): (payload, its batch number, messages) each. A message too big on its own is
+        # counted and left out.
         self._seq += 1
         data = pack_messages(fields, self.node, self._seq)
         if len(data) <= limit:
