@@ -387,17 +387,18 @@ class Journal(WindowJournal):
         seq = row[1]
         held = self._promised.pop(seq, None)
         young = seq in self._young
-        if held is not None and (young or seq > self._cut_seq):
-            if not delivered:
-                held.commit = True
-            else:
-                held.left -= 1
-                self.delivered_first += 1
-                if not held.left and not held.commit:
-                    held.done = True          # delivered before any commit needed it
-                    self._release(held.client)
-            if young:
-                self._grown(held)
+        if held is not None:                  # (one test of its own: gcc then knows it)
+            if young or seq > self._cut_seq:
+                if not delivered:
+                    held.commit = True
+                else:
+                    held.left -= 1
+                    self.delivered_first += 1
+                    if not held.left and not held.commit:
+                        held.done = True      # delivered before any commit needed it
+                        self._release(held.client)
+                if young:
+                    self._grown(held)
         self._drop_entry(row)
         if not young:
             self._changed()
