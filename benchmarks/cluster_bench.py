@@ -171,8 +171,8 @@ def _bench(args: list[str], port: int, sub_port: int | None = None) -> dict:
     return json.loads(lines[-1])
 
 
-def _pubsub(qos: int, rate: float, duration: float) -> list[str]:
-    return ["pubsub", "--pairs", str(PAIRS), "--qos", str(qos), "--size", "64",
+def _pubsub(qos: int, rate: float, duration: float, pairs: int) -> list[str]:
+    return ["pubsub", "--pairs", str(pairs), "--qos", str(qos), "--size", "64",
             "--rate", str(rate), "--duration", str(duration), "--drain", "2"]
 
 
@@ -202,8 +202,10 @@ SCENARIOS_B = [("QoS 0 paced", 0, 100.0), ("QoS 1 paced", 1, 100.0),
 
 
 def _chosen(scenarios: list, o) -> list:
-    return [s for s in scenarios if o.scenarios is None or
-            any(w.strip() in s[0] for w in o.scenarios.split(","))]
+    """The scenarios --scenarios names, paced ones at --paced-rate when given."""
+    return [(title, qos, o.paced_rate if rate and o.paced_rate else rate)
+            for title, qos, rate in scenarios if o.scenarios is None or
+            any(w.strip() in title for w in o.scenarios.split(","))]
 
 
 def part_a(tmp: str, o) -> list[dict]:
@@ -220,13 +222,11 @@ def part_a(tmp: str, o) -> list[dict]:
     rows = []
     try:
         for title, qos, rate in _chosen(SCENARIOS_A, o):
-            if rate and o.paced_rate:
-                rate = o.paced_rate
             runs: dict[str, list[dict]] = {"off": [], "on": []}
             for i in range(o.repeats):
                 for node in ((off, on) if i % 2 == 0 else (on, off)):    # (alternate first)
                     servers = [node] + ([idle] if node is on else [])
-                    r = _measured(lambda: _bench(_pubsub(qos, rate, o.duration), node.port),
+                    r = _measured(lambda: _bench(_pubsub(qos, rate, o.duration, o.pairs), node.port),
                                   servers, nats if node is on else None)
                     runs[node.name].append(r)
                     print(f"a {title} {node.name}: {r['recv_per_s']:.0f} msg/s lost "
@@ -253,12 +253,10 @@ def part_b(tmp: str, o) -> list[dict]:
     rows = []
     try:
         for title, qos, rate in _chosen(SCENARIOS_B, o):
-            if rate and o.paced_rate:
-                rate = o.paced_rate
             runs: dict[str, list[dict]] = {"local": [], "cross": []}
             for i in range(o.repeats):
                 for mode in (("local", "cross") if i % 2 == 0 else ("cross", "local")):
-                    args = _pubsub(qos, rate, o.duration)
+                    args = _pubsub(qos, rate, o.duration, o.pairs)
                     f0 = a.stats()["cluster_forwarded"]
                     r = _measured(lambda: _bench(args, a.port,
                                                  b.port if mode == "cross" else None),
@@ -298,7 +296,7 @@ def part_overload(tmp: str, o) -> dict:
         _wait(lambda: a.stats()["cluster_nodes"] == 2, 10, "the two nodes")
         sampler = threading.Thread(target=sample)
         sampler.start()
-        args = _pubsub(1, 0.0, o.overload_duration)
+        args = _pubsub(1, 0.0, o.overload_duration, o.pairs)
         args[args.index("--drain") + 1] = "30"
         v0 = nats.varz()
         try:
@@ -536,7 +534,6 @@ def _load(argv: list[str]) -> int:
 
 
 def main() -> int:
-    global PAIRS
     if len(sys.argv) > 1 and sys.argv[1] == "_load":
         return _load(sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -562,7 +559,6 @@ def main() -> int:
     p.add_argument("--from-json", default=None,
                    help="run nothing: print the tables of a --json file again")
     o = p.parse_args()
-    PAIRS = o.pairs
     if o.from_json:
         with open(o.from_json) as f:
             report(json.load(f))
